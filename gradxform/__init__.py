@@ -1,0 +1,65 @@
+"""gradxform: composable, pure optimizer transforms for JAX.
+
+An optimizer is a `GradientTransformation`, a pure `(init, update)` pair over pytrees. Small
+primitives chain into every named algorithm:
+
+    >>> import gradxform as gx
+    >>> tx = gx.adam(1e-3)                                   # a named algorithm
+    >>> tx = gx.chain(gx.scale_by_momentum(0.9, ema=True),   # ... or the same, by hand
+    ...               gx.bias_correction(0.9),
+    ...               gx.scale_by_rms(0.999, 1e-8, eps_in_sqrt=False, bias_correction=True),
+    ...               gx.scale_by_learning_rate(1e-3))
+"""
+
+# --- core ---------------------------------------------------------------------------------
+from gradxform._base import EmptyState
+from gradxform._base import GradientTransformation
+from gradxform._base import apply_updates
+from gradxform._base import chain
+from gradxform._base import identity
+from gradxform._base import named_chain
+
+# --- primitives ---------------------------------------------------------------------------
+from gradxform.transforms.accumulators import scale_by_adadelta
+from gradxform.transforms.accumulators import scale_by_adagrad
+from gradxform.transforms.accumulators import scale_by_inf_norm
+from gradxform.transforms.bias import bias_correction
+from gradxform.transforms.clip import clip
+from gradxform.transforms.clip import clip_by_global_norm
+from gradxform.transforms.clip import global_norm
+from gradxform.transforms.momentum import scale_by_momentum
+from gradxform.transforms.nadam import scale_by_nadam_momentum
+from gradxform.transforms.noise import add_gradient_noise
+from gradxform.transforms.rectify import scale_by_rectification
+from gradxform.transforms.rms import scale_by_amsgrad
+from gradxform.transforms.rms import scale_by_rms
+from gradxform.transforms.scale import scale
+from gradxform.transforms.scale import scale_by_learning_rate
+from gradxform.transforms.sign import sign_agreement
+from gradxform.transforms.weight_decay import add_l2_penalty
+from gradxform.transforms.weight_decay import decoupled_weight_decay
+
+# --- algorithms ---------------------------------------------------------------------------
+from gradxform.optimizers.adam import adam
+from gradxform.optimizers.adam import adamax
+from gradxform.optimizers.adam import adamw
+from gradxform.optimizers.adam import amsgrad
+from gradxform.optimizers.adam import nadam
+from gradxform.optimizers.adam import radam
+from gradxform.optimizers.adaptive import adadelta
+from gradxform.optimizers.adaptive import adagrad
+from gradxform.optimizers.adaptive import rmsprop
+from gradxform.optimizers.sgd import noisy_sgd
+from gradxform.optimizers.sgd import sgd
+from gradxform.optimizers.sgd import sgdw
+from gradxform.optimizers.sign import addsign
+from gradxform.optimizers.sign import powersign
+
+# --- schedules (issue 4) ------------------------------------------------------------------
+# --- wrappers (issue 5) -------------------------------------------------------------------
+# --- data parallel (issue 6) --------------------------------------------------------------
+
+__version__ = "0.1.0"
+
+__all__ = sorted(name for name in dir() if not name.startswith("_") and name not in {
+    "annotations", "transforms", "optimizers", "schedules", "wrappers", "parallel"})

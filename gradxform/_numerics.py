@@ -1,0 +1,103 @@
+"""The numerics every transform shares: moving averages, bias correction, counters, dtypes.
+
+Each function works on one leaf (an array); transforms lift them over trees with `jax.tree.map`
+(which passes `None` leaves through). Arithmetic happens in `compute_dtype` (at least float32,
+so bf16/f16 moments are accumulated without extra rounding) and results are cast back to the
+dtype of the state or update they replace.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def zero_count() -> jax.Array:
+  """A fresh step counter: an int32 scalar 0."""
+  return jnp.zeros([], jnp.int32)
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+  """`count + 1`, saturating at the int32 maximum instead of wrapping to negative."""
+  count = jnp.asarray(count, jnp.int32)
+  return jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX).astype(jnp.int32)
+
+
+def compute_dtype(*xs: Any) -> Any:
+  """The dtype arithmetic on these arrays happens in: their promotion, at least float32."""
+  return jnp.result_type(jnp.float32, *[x.dtype for x in xs])
+
+
+def ema(new: jax.Array, old: jax.Array, decay: Any) -> jax.Array:
+  """`decay * old + (1 - decay) * new` in the compute dtype, returned in `old`'s dtype."""
+  cd = compute_dtype(new, old)
+  out = decay * old.astype(cd) + (1.0 - decay) * new.astype(cd)
+  return out.astype(old.dtype)
+
+
+def scalar_dtype() -> Any:
+  """float64 under `jax_enable_x64`, else float32: the dtype of step-dependent scalars."""
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def decay_power(decay: Any, t: jax.Array) -> jax.Array:
+  """`decay**t` for an integer step array `t` (see `one_minus_decay_power` on accuracy)."""
+  dtype = scalar_dtype()
+  t = jnp.asarray(t).astype(dtype)
+  if _is_number(decay):
+    if decay == 0.0:
+      return jnp.where(t == 0, 1.0, 0.0).astype(dtype)
+    return jnp.exp(t * math.log(decay))
+  return jnp.asarray(decay, dtype) ** t
+
+
+def one_minus_decay_power(decay: Any, t: jax.Array) -> jax.Array:
+  """`1 - decay**t`, the denominator of Kingma & Ba's bias correction.
+
+  For a Python `decay` this is `-expm1(t * log(decay))` with the log taken in float64: plain
+  float32 `1 - 0.999**1` is off by 1.3e-5 relative (0.999 is not a float32), which would
+  show at the first Adam step against references that compute it in double.
+  """
+  dtype = scalar_dtype()
+  t = jnp.asarray(t).astype(dtype)
+  if _is_number(decay):
+    if decay == 0.0:
+      return jnp.where(t == 0, 0.0, 1.0).astype(dtype)
+    return -jnp.expm1(t * math.log(decay))
+  return 1.0 - jnp.asarray(decay, dtype) ** t
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def cast_like(tree: Any, like: Any) -> Any:
+  """Casts each leaf of `tree` to the dtype of the matching leaf of `like`."""
+  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
+
+
+def state_zeros(params: Any, state_dtype: Any = None) -> Any:
+  """Zeros shaped like `params`, in `state_dtype` or (None) each parameter's own dtype."""
+  return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), state_dtype or jnp.result_type(p)),
+                      params)
+
+
+def state_full(params: Any, value: float, state_dtype: Any = None) -> Any:
+  """`value` everywhere, shaped like `params`, in `state_dtype` or each parameter's dtype."""
+  return jax.tree.map(
+      lambda p: jnp.full(jnp.shape(p), value, state_dtype or jnp.result_type(p)), params)
+
+
+def hyper(value: Any, step: jax.Array | None = None) -> Any:
+  """A hyperparameter's value at `step`: schedules are called, numbers pass through."""
+  if callable(value):
+    if step is None:
+      raise ValueError("a schedule needs a step count")
+    return value(step)
+  return value

@@ -1,0 +1,1 @@
+"""The named algorithms, each a short chain of primitives."""

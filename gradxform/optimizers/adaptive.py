@@ -1,0 +1,74 @@
+"""Per-coordinate adaptive methods before Adam: Adagrad, Adadelta, RMSprop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradxform import _check
+from gradxform._base import GradientTransformation, ScalarOrSchedule, chain, transform
+from gradxform.optimizers.sgd import is_zero
+from gradxform.transforms.accumulators import scale_by_adadelta, scale_by_adagrad
+from gradxform.transforms.momentum import scale_by_momentum
+from gradxform.transforms.rms import scale_by_rms
+from gradxform.transforms.scale import scale_by_learning_rate
+
+
+@transform
+def adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value: float = 0.0,
+            eps: float = 1e-10, eps_in_sqrt: bool = True,
+            state_dtype: Any = None) -> GradientTransformation:
+  """Adagrad: `G ← G + g²`, `θ ← θ − η g / √(G + ε)`.
+
+  `eps_in_sqrt=False` gives torch.optim.Adagrad's `θ ← θ − η g / (√G + ε)`.
+  Chain: `scale_by_adagrad` → `scale_by_learning_rate`.
+
+  References:
+    Duchi, Hazan & Singer, JMLR 2011.
+  """
+  _check.learning_rate("adagrad", learning_rate)
+  return chain(scale_by_adagrad(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt,
+                                state_dtype=state_dtype),
+               scale_by_learning_rate(learning_rate))
+
+
+@transform
+def adadelta(learning_rate: ScalarOrSchedule = 1.0, *, rho: float = 0.9, eps: float = 1e-6,
+             state_dtype: Any = None) -> GradientTransformation:
+  """Adadelta: `θ ← θ − η Δ`, `Δ = √(E[Δ²] + ε) / √(E[g²] + ε) · g`.
+
+  Chain: `scale_by_adadelta(rho, eps)` → `scale_by_learning_rate` (η = 1 by default, as
+  Zeiler; torch scales by `lr` the same way).
+
+  References:
+    Zeiler, "ADADELTA: an adaptive learning rate method", 2012.
+  """
+  _check.learning_rate("adadelta", learning_rate)
+  return chain(scale_by_adadelta(rho, eps, state_dtype=state_dtype),
+               scale_by_learning_rate(learning_rate))
+
+
+@transform
+def rmsprop(learning_rate: ScalarOrSchedule, decay: float = 0.9, eps: float = 1e-8, *,
+            eps_in_sqrt: bool = True, centered: bool = False, momentum: float = 0.0,
+            nesterov: bool = False, state_dtype: Any = None) -> GradientTransformation:
+  """RMSprop: `v ← ρ v + (1 − ρ) g²`, `θ ← θ − η g / √(v + ε)`.
+
+  `eps_in_sqrt=False`: torch's `√v + ε`. `centered`: `v − ḡ²` in place of `v`.
+  `momentum=μ`: `b ← μ b + g/denom`, `θ ← θ − η b` (torch form); `nesterov` steps along
+  `g/denom + μ b`. torch's `alpha` is `decay` here.
+  Chain: `scale_by_rms` → `scale_by_momentum(μ)` (if μ ≠ 0) → `scale_by_learning_rate`.
+
+  References:
+    Hinton, Srivastava & Swersky, lecture 6e, 2012; Graves, 2013 (centered).
+  """
+  where = "rmsprop"
+  _check.learning_rate(where, learning_rate)
+  _check.unit_interval(where, "momentum", momentum)
+  if nesterov and is_zero(momentum):
+    raise ValueError(f"{where}: Nesterov momentum requires momentum > 0")
+  parts = [scale_by_rms(decay, eps, eps_in_sqrt=eps_in_sqrt, centered=centered,
+                        state_dtype=state_dtype)]
+  if not is_zero(momentum):
+    parts.append(scale_by_momentum(momentum, nesterov=nesterov, state_dtype=state_dtype))
+  parts.append(scale_by_learning_rate(learning_rate))
+  return chain(*parts)

@@ -1,0 +1,1 @@
+"""The primitives: small transforms that chain into every named algorithm."""

@@ -1,0 +1,59 @@
+"""Clipping: element-wise and by the global norm."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _check
+from gradxform._base import EmptyState, GradientTransformation, transform
+
+
+def global_norm(updates) -> jax.Array:
+  """`√(Σ_leaves Σ u²)`, accumulated in float32 or wider."""
+  leaves = jax.tree.leaves(updates)
+  if not leaves:
+    return jnp.zeros([], jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
+                      for x in leaves))
+
+
+def _stateless(apply):
+  def init(params):
+    del params
+    return EmptyState()
+
+  def update(updates, state, params=None, **extra):
+    del params, extra
+    return apply(updates), state
+
+  return GradientTransformation(init, update)
+
+
+@transform
+def clip(max_delta: float) -> GradientTransformation:
+  """Clips every element of the updates to `[−max_delta, max_delta]`. No state."""
+  max_delta = _check.non_negative("clip", "max_delta", max_delta)
+  return _stateless(lambda updates: jax.tree.map(
+      lambda u: jnp.clip(u, -max_delta, max_delta).astype(u.dtype), updates))
+
+
+@transform
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+  """Rescales the updates so their global L2 norm is at most `max_norm`.
+
+  `u ← u · max_norm / ‖u‖` when `‖u‖ > max_norm`, else unchanged (`‖u‖` over all leaves, as
+  Pascanu et al. 2013 and `torch.nn.utils.clip_grad_norm_` without its 1e-6). No state.
+
+  References:
+    Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
+    ICML 2013.
+  """
+  max_norm = _check.positive("clip_by_global_norm", "max_norm", max_norm)
+
+  def apply(updates):
+    norm = global_norm(updates)
+    factor = jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1.0), 1.0)
+    return jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
+
+  return _stateless(apply)

@@ -1,0 +1,80 @@
+"""Momentum: heavy ball (Polyak), Nesterov (Sutskever form), and the EMA form used by Adam."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _check, _numerics, _tree
+from gradxform._base import GradientTransformation, next_count, step_count, transform
+
+
+class MomentumState(NamedTuple):
+  """State of `scale_by_momentum`."""
+  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  trace: Any               # the momentum buffer b (or EMA m), like params
+
+
+@transform(shares_count=True, accumulates=True)
+def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: float = 0.0,
+                      ema: bool = False, state_dtype: Any = None) -> GradientTransformation:
+  """Momentum on the incoming updates `g`.
+
+  Heavy ball (default): `b ← μ b + (1 − d) g`, output `b`; on the first step `b = g`, as
+  torch.optim.SGD (this only matters when the dampening `d` is non-zero).
+  Nesterov (`nesterov=True`, Sutskever et al. 2013 as torch writes it): output `g + μ b`.
+  EMA (`ema=True`, Adam's first moment): `m ← μ m + (1 − μ) g`, output `m`; with Nesterov the
+  look-ahead `μ m + (1 − μ) g`.
+
+  Args:
+    decay: μ in [0, 1).
+    nesterov: output the Nesterov look-ahead instead of the buffer.
+    dampening: d in [0, 1], heavy-ball form only; must be 0 with Nesterov.
+    ema: exponential moving average instead of a heavy-ball sum.
+    state_dtype: dtype of the buffer (None: each parameter's dtype).
+
+  State: `MomentumState(count, trace)`.
+
+  References:
+    Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
+    Sutskever et al., "On the importance of initialization and momentum in deep learning",
+    ICML 2013.
+  """
+  where = "scale_by_momentum"
+  decay = _check.unit_interval(where, "decay", decay)
+  dampening = _check.unit_interval(where, "dampening", dampening, closed=True)
+  state_dtype = _check.state_dtype(where, state_dtype)
+  undamped = isinstance(dampening, float) and dampening == 0.0
+  if nesterov and not undamped:
+    raise ValueError(f"{where}: Nesterov momentum requires dampening=0, got {dampening!r}")
+  if ema and not undamped:
+    raise ValueError(f"{where}: dampening applies to the heavy-ball form only (ema=False)")
+
+  def init(params):
+    return MomentumState(count=_numerics.zero_count(),
+                         trace=_numerics.state_zeros(params, state_dtype))
+
+  def leaf(g, b, first):
+    cd = _numerics.compute_dtype(g, b)
+    g32, b32 = g.astype(cd), b.astype(cd)
+    if ema:
+      new_b = decay * b32 + (1.0 - decay) * g32
+      out = decay * new_b + (1.0 - decay) * g32 if nesterov else new_b
+    else:
+      new_b = decay * b32 + g32 if undamped else jnp.where(
+          first, g32, decay * b32 + (1.0 - dampening) * g32)
+      out = g32 + decay * new_b if nesterov else new_b
+    return out.astype(g.dtype), new_b.astype(b.dtype)
+
+  def update(updates, state, params=None, **extra):
+    del params
+    _tree.check_updates(where, state.trace, updates)
+    count = step_count(state, extra)
+    first = count == 0
+    out, trace = _tree.map_unzip(lambda g, b: leaf(g, b, first), 2, updates, state.trace)
+    return out, MomentumState(count=next_count(state, count), trace=trace)
+
+  return GradientTransformation(init, update)
+

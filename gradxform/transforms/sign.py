@@ -1,0 +1,79 @@
+"""Sign agreement between the gradient and its moving average: PowerSign and AddSign."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _check, _numerics, _tree
+from gradxform._base import (GradientTransformation, next_count, raw_gradient, step_count,
+                             transform)
+
+
+class SignAgreementState(NamedTuple):
+  """State of `sign_agreement`."""
+  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  mu: Any                  # EMA m of gradients, like params
+
+
+@transform(shares_count=True)
+def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 1.0,
+                   beta: float = 0.9, decay_fn: Callable[[jax.Array], jax.Array] | None = None,
+                   state_dtype: Any = None) -> GradientTransformation:
+  """Scales each update up where the gradient agrees in sign with its moving average.
+
+  `m ← β m + (1 − β) g` (including the current `g`), `s = f(t) · sign(g) · sign(m)`;
+  PowerSign (`mode="power"`): output `base^s · u`; AddSign (`mode="add"`): `(α + s) · u`.
+  `f(t) = decay_fn(step)` with `step` = 0 on the first update (see `linear_sign_decay`,
+  `cosine_sign_decay`, `restart_sign_decay`), or 1 when `decay_fn` is None.
+
+  Args:
+    mode: "power" or "add".
+    base: PowerSign's base (> 0), e by default.
+    alpha: AddSign's α ≥ 0, 1 by default.
+    beta: β in [0, 1) of the moving average.
+    decay_fn: the decay schedule f, or None.
+    state_dtype: dtype of `mu`.
+
+  State: `SignAgreementState(count, mu)`.
+
+  References:
+    Bello, Zoph, Vasudevan & Le, "Neural optimizer search with reinforcement learning",
+    ICML 2017.
+  """
+  where = "sign_agreement"
+  _check.one_of(where, "mode", mode, ("power", "add"))
+  base = _check.positive(where, "base", base)
+  alpha = _check.non_negative(where, "alpha", alpha)
+  beta = _check.unit_interval(where, "beta", beta)
+  state_dtype = _check.state_dtype(where, state_dtype)
+  if decay_fn is not None and not callable(decay_fn):
+    raise ValueError(f"{where}: decay_fn must be a function of the step or None, got "
+                     f"{decay_fn!r}")
+
+  def init(params):
+    return SignAgreementState(count=_numerics.zero_count(),
+                              mu=_numerics.state_zeros(params, state_dtype))
+
+  def update(updates, state, params=None, **extra):
+    del params
+    grad = raw_gradient(updates, extra)
+    _tree.check_updates(where, state.mu, updates)
+    count = step_count(state, extra)
+    f = 1.0 if decay_fn is None else decay_fn(count)
+
+    def leaf(u, g, m):
+      cd = _numerics.compute_dtype(u, m)
+      g = g.astype(cd)
+      new_m = beta * m.astype(cd) + (1.0 - beta) * g
+      s = f * jnp.sign(g) * jnp.sign(new_m)
+      factor = base ** s if mode == "power" else alpha + s
+      return (factor * u.astype(cd)).astype(u.dtype), new_m.astype(m.dtype)
+
+    out, mu = _tree.map_unzip(leaf, 2, updates, grad, state.mu)
+    return out, SignAgreementState(count=next_count(state, count), mu=mu)
+
+  return GradientTransformation(init, update)
