@@ -109,6 +109,10 @@ def transform(factory: Callable[..., GradientTransformation] | None = None, *,
 
 def step_count(state: Any, extra: dict[str, Any]) -> jax.Array:
   """The number of updates before this one (0 on the first), from the state or the chain."""
+  if "count" not in getattr(type(state), "_fields", ()):
+    raise ValueError(f"got a state of type {type(state).__name__}, which has no step counter: "
+                     "pass the state that this transform's own init() returned (was the state "
+                     "made by a different optimizer?).")
   if state.count is not None:
     return state.count
   if COUNT_KEY not in extra:
@@ -171,9 +175,43 @@ def _chain_init(parts: list[GradientTransformation], params: Params) -> list[Any
   return states
 
 
+#: (id of a chain's parts list, treedef of the updates) -> the types of the parts' states. A
+#: cache of a pure function of its key (init's state types depend on the tree's structure only).
+_STATE_TYPES: dict[Any, Any] = {}
+
+
+def _check_part_states(name: str, parts: list[GradientTransformation], states: list[Any],
+                       updates: Updates, params: Params | None) -> None:
+  """Clear errors before any part runs: float updates, params like updates, and each part's
+  state of the type that part's init() makes (else the state is from a different optimizer)."""
+  from gradxform import _tree  # local: _tree is a leaf module, kept free of imports from here
+  _tree.check_floating(name, updates)
+  if params is not None:
+    _tree.check_same_structure(name, params, updates, "params", "updates")
+    _tree.check_shapes(name, params, updates, "params", "updates")
+  key = (id(parts), jax.tree.structure(updates))
+  if key not in _STATE_TYPES:
+    try:
+      shapes = jax.eval_shape(lambda u: [tx.init(u) for tx in parts], updates)
+    except Exception:  # noqa: BLE001 - a part's init fails on these updates: its update says why
+      return
+    if len(_STATE_TYPES) > 256:
+      _STATE_TYPES.clear()
+    _STATE_TYPES[key] = ([type(x) for x in shapes], parts)  # parts kept alive: id stays unique
+  expected = _STATE_TYPES[key][0]
+  for i, (tx, want, got) in enumerate(zip(parts, expected, states)):
+    if want is not type(got):
+      what = getattr(tx.update, "meta", {}).get("name", "transform")
+      raise ValueError(
+          f"{name}.update: part {i} ({what}) expected a {want.__name__} state, got "
+          f"{type(got).__name__}. The state was made by a different optimizer or chain: pass "
+          "the state that this optimizer's own init() returned.")
+
+
 def _chain_update(parts: list[GradientTransformation], passes_extra: list[bool],
                   states: list[Any], updates: Updates, params: Params | None,
-                  extra: dict[str, Any]) -> tuple[Updates, list[Any]]:
+                  extra: dict[str, Any], name: str = "chain") -> tuple[Updates, list[Any]]:
+  _check_part_states(name, parts, states, updates, params)
   extra = dict(extra)
   extra.pop(COUNT_KEY, None)
   grad = extra.pop(GRAD_KEY, None)
@@ -194,7 +232,7 @@ def _chain_update(parts: list[GradientTransformation], passes_extra: list[bool],
   return updates, new_states
 
 
-def _check_chain_state(name: str, state: Any, n: int, kind: type) -> None:
+def _check_chain_state(name: str, state: Any, n: int, kind: type[tuple]) -> None:
   if not isinstance(state, kind) or len(state) != n:
     got = f"{type(state).__name__} of length {len(state)}" if hasattr(state, "__len__") else (
         type(state).__name__)
@@ -246,7 +284,7 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
       raise ValueError(f"named_chain.update: expected a state dict with keys {names}, got "
                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}.")
     updates, states = _chain_update(parts, passes, [state[n] for n in names], updates, params,
-                                    extra)
+                                    extra, "named_chain")
     return updates, dict(zip(names, states))
 
   return GradientTransformation(init, update)

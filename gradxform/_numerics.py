@@ -83,15 +83,28 @@ def cast_like(tree: Any, like: Any) -> Any:
 
 
 def state_zeros(params: Any, state_dtype: Any = None) -> Any:
-  """Zeros shaped like `params`, in `state_dtype` or (None) each parameter's own dtype."""
-  return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), state_dtype or jnp.result_type(p)),
+  """Zeros shaped like `params`, in `state_dtype` or (None) each parameter's own dtype.
+
+  Built with `zeros_like`, so each leaf carries its parameter's sharding (eagerly, and under
+  `jax.jit` on a mesh with explicit axes): the state of sharded parameters is sharded alike.
+  """
+  _floating_params(params, state_dtype)
+  return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=state_dtype or jnp.result_type(p)),
                       params)
 
 
 def state_full(params: Any, value: float, state_dtype: Any = None) -> Any:
   """`value` everywhere, shaped like `params`, in `state_dtype` or each parameter's dtype."""
+  _floating_params(params, state_dtype)
   return jax.tree.map(
-      lambda p: jnp.full(jnp.shape(p), value, state_dtype or jnp.result_type(p)), params)
+      lambda p: jnp.full_like(p, value, dtype=state_dtype or jnp.result_type(p)), params)
+
+
+def _floating_params(params: Any, state_dtype: Any) -> None:
+  """State in each parameter's dtype needs floating parameters (TypeError naming the leaf)."""
+  if state_dtype is None:
+    from gradxform._tree import check_floating
+    check_floating("init", params, "params")
 
 
 def hyper(value: Any, step: jax.Array | None = None) -> Any:

@@ -75,3 +75,47 @@ def map_unzip(fn: Any, n: int, like: Any, *rest: Any) -> tuple[Any, ...]:
   treedef = jax.tree.structure(like)
   flat = treedef.flatten_up_to(jax.tree.map(fn, like, *rest))
   return tuple(treedef.unflatten([t[i] for t in flat]) for i in range(n))
+
+
+def broadcast_prefix(name: str, prefix: Any, tree: Any, prefix_what: str = "mask",
+                     tree_what: str = "params") -> list[Any]:
+  """The leaves of `prefix` broadcast over `tree`: one entry per leaf of `tree`, in order.
+
+  `prefix` is `tree`'s structure or a prefix of it (a leaf of `prefix` covers a whole subtree
+  of `tree`). Raises ValueError naming the differing paths when it is neither.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  try:
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), prefix, tree)
+    out = treedef.flatten_up_to(full)
+  except (ValueError, TypeError):
+    _prefix_error(name, prefix, tree, prefix_what, tree_what)
+    raise  # pragma: no cover - _prefix_error always raises
+  return out
+
+
+def _prefix_error(name: str, prefix: Any, tree: Any, prefix_what: str, tree_what: str) -> None:
+  """Raises ValueError listing the leaves of `tree` no prefix leaf covers, and vice versa."""
+  flat = lambda t: [p for p, _ in jax.tree_util.tree_flatten_with_path(
+      t, is_leaf=lambda x: x is None)[0]]
+  have, want = flat(prefix), flat(tree)
+  covers = lambda a, b: len(a) <= len(b) and tuple(b[:len(a)]) == tuple(a)
+  missing = [jax.tree_util.keystr(w) for w in want if not any(covers(h, w) for h in have)]
+  unexpected = [jax.tree_util.keystr(h) for h in have if not any(covers(h, w) for w in want)]
+  lines = [f"{name}: the {prefix_what} tree does not match the {tree_what} tree."]
+  if missing:
+    lines.append(f"  missing:    {_listing(missing)}")
+  if unexpected:
+    lines.append(f"  unexpected: {_listing(unexpected)}")
+  if not missing and not unexpected:
+    lines.append(f"  same paths, different node types: {prefix_what} is "
+                 f"{jax.tree.structure(prefix)}, {tree_what} is {jax.tree.structure(tree)}")
+  lines.append(f"The {prefix_what} must have the {tree_what}' structure, or a prefix of it "
+               "(one value for a whole subtree).")
+  raise ValueError("\n".join(lines))
+
+
+def leaf_paths(tree: Any) -> list[str]:
+  """`keystr` of every leaf path of `tree` (None leaves excluded), in flatten order."""
+  return [jax.tree_util.keystr(p) or "<root>"
+          for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

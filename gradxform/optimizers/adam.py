@@ -73,6 +73,8 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   """
   _check.learning_rate("adamw", learning_rate)
   _betas("adamw", b1, b2, eps)
+  if not callable(weight_decay):
+    _check.non_negative("adamw", "weight_decay", weight_decay)
   return chain(*adam_direction(b1, b2, eps, eps_root, state_dtype),
                decoupled_weight_decay(weight_decay, mask=mask),
                scale_by_learning_rate(learning_rate))

@@ -73,6 +73,8 @@ def sgdw(learning_rate: ScalarOrSchedule, momentum: float = 0.9, *, nesterov: bo
   where = "sgdw"
   _check.learning_rate(where, learning_rate)
   _check.unit_interval(where, "momentum", momentum)
+  if not callable(weight_decay):
+    _check.non_negative(where, "weight_decay", weight_decay)
   parts = []
   if not is_zero(momentum):
     parts.append(scale_by_momentum(momentum, nesterov=nesterov, state_dtype=state_dtype))

@@ -12,7 +12,8 @@ from gradxform._base import GradientTransformation, next_count, step_count, tran
 
 class BiasCorrectionState(NamedTuple):
   """State of `bias_correction`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
 
 
 @transform(shares_count=True)

@@ -32,7 +32,14 @@ def _stateless(apply):
 
 @transform
 def clip(max_delta: float) -> GradientTransformation:
-  """Clips every element of the updates to `[−max_delta, max_delta]`. No state."""
+  """Clips every element of the updates to `[−max_delta, max_delta]`. No state.
+
+  `u ← min(max(u, −max_delta), max_delta)`, element-wise.
+
+  References:
+    Mikolov, "Statistical language models based on neural networks", PhD thesis, 2012
+    (element-wise gradient clipping); Pascanu, Mikolov & Bengio, ICML 2013.
+  """
   max_delta = _check.non_negative("clip", "max_delta", max_delta)
   return _stateless(lambda updates: jax.tree.map(
       lambda u: jnp.clip(u, -max_delta, max_delta).astype(u.dtype), updates))

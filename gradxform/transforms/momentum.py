@@ -13,7 +13,8 @@ from gradxform._base import GradientTransformation, next_count, step_count, tran
 
 class MomentumState(NamedTuple):
   """State of `scale_by_momentum`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
   trace: Any               # the momentum buffer b (or EMA m), like params
 
 

@@ -13,9 +13,10 @@ from gradxform._base import GradientTransformation, next_count, step_count, tran
 
 class NadamMomentumState(NamedTuple):
   """State of `scale_by_nadam_momentum`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
   mu: Any                  # EMA of gradients m, like params
-  mu_product: jax.Array    # Π_t = ∏ μ_i (torch form; stays 1 in Dozat's form), float32 scalar
+  mu_product: jax.Array    # Π_t = ∏ μ_i (torch form; 1 in Dozat's), scalar_dtype() scalar
 
 
 @transform(shares_count=True, accumulates=True)
@@ -43,7 +44,7 @@ def scale_by_nadam_momentum(b1: float = 0.9, *, momentum_decay: float | None = N
   def init(params):
     return NadamMomentumState(count=_numerics.zero_count(),
                               mu=_numerics.state_zeros(params, state_dtype),
-                              mu_product=jnp.ones([], jnp.float32))
+                              mu_product=jnp.ones([], _numerics.scalar_dtype()))
 
   def update(updates, state, params=None, **extra):
     del params
@@ -57,7 +58,7 @@ def scale_by_nadam_momentum(b1: float = 0.9, *, momentum_decay: float | None = N
     else:
       mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
       mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay))
-      mu_product = (state.mu_product * mu_t).astype(jnp.float32)
+      mu_product = (state.mu_product * mu_t).astype(_numerics.scalar_dtype())
       coef_g = (1.0 - mu_t) / (1.0 - mu_product)
       coef_m = mu_next / (1.0 - mu_product * mu_next)
 

@@ -13,7 +13,8 @@ from gradxform._base import GradientTransformation, next_count, step_count, tran
 
 class NoiseState(NamedTuple):
   """State of `add_gradient_noise`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
 
 
 def noise_key(seed: int, count: jax.Array) -> jax.Array:

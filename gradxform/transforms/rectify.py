@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -14,8 +15,43 @@ from gradxform._base import (GradientTransformation, next_count, raw_gradient, s
 
 class RectificationState(NamedTuple):
   """State of `scale_by_rectification`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
   nu: Any                  # EMA of squared gradients, like params
+
+
+def _bernoulli_tail(z: Any) -> Any:
+  """`(z/(e^z − 1) − 1 + z/2) / z² = Σ_{n≥2 even} B_n z^{n−2} / n!`, to 1e-15 for |z| ≤ 1."""
+  z2 = z * z
+  coefs = [1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160,
+           -691 / 2730 / 479001600, 7 / 6 / 87178291200, -3617 / 510 / 20922789888000]
+  out = coefs[-1]
+  for c in reversed(coefs[:-1]):  # Horner in z²
+    out = out * z2 + c
+  return out
+
+
+def _rho(decay: float, rho_inf: float, t: jax.Array) -> jax.Array:
+  """`ρ_t = ρ∞ − 2tβ^t/(1 − β^t)` without the float32 cancellation of the direct form.
+
+  For β = 0.999 the direct form subtracts two numbers near 2000 to get ρ_6 ≈ 6, which in
+  float32 leaves r_t 1e-4 relative off at t = 6. With `x = −ln β`, `y = t x` and `B(z) =
+  z/(e^z − 1)`, `ρ_t = 1 + 2 (B(x) − B(y)) / x = t + 2x C(x) − 2t y C(y)`, `C` the Bernoulli
+  tail above: no cancellation while `y < 1`; past that the direct form is well conditioned.
+  """
+  dtype = _numerics.scalar_dtype()
+  t = jnp.asarray(t).astype(dtype)
+  direct = (rho_inf - 2.0 * t * _numerics.decay_power(decay, t)
+            / _numerics.one_minus_decay_power(decay, t))
+  if isinstance(decay, float):
+    if decay == 0.0:
+      return direct
+    x = -math.log(decay)
+  else:  # an injected hyperparameter; β = 0 gives x = inf, which selects `direct`
+    x = -jnp.log(jnp.asarray(decay, dtype))
+  y = jnp.minimum(t * x, 1.0)
+  series = t + 2.0 * x * _bernoulli_tail(x) - 2.0 * t * y * _bernoulli_tail(y)
+  return jnp.where(t * x < 1.0, series, direct).astype(dtype)
 
 
 @transform(shares_count=True)
@@ -38,10 +74,11 @@ def scale_by_rectification(decay: float = 0.999, eps: float = 1e-8, *,
   decay = _check.unit_interval(where, "decay", decay)
   eps = _check.non_negative(where, "eps", eps)
   threshold = _check.non_negative(where, "threshold", threshold)
+  if isinstance(threshold, float) and threshold < 4.0:
+    raise ValueError(f"{where}: threshold must be >= 4 (r_t is undefined for 2 < ρ_t < 4), "
+                     f"got {threshold!r}")
   state_dtype = _check.state_dtype(where, state_dtype)
-  if not isinstance(decay, float):
-    raise ValueError(f"{where}: decay must be a Python number (ρ∞ is derived from it)")
-  rho_inf = 2.0 / (1.0 - decay) - 1.0
+  rho_inf = 2.0 / (1.0 - decay) - 1.0  # an array when decay is injected (inject_hyperparams)
 
   def init(params):
     return RectificationState(count=_numerics.zero_count(),
@@ -53,13 +90,12 @@ def scale_by_rectification(decay: float = 0.999, eps: float = 1e-8, *,
     _tree.check_updates(where, state.nu, updates)
     count = step_count(state, extra)
     t = count + 1
-    power = _numerics.decay_power(decay, t)
     corr = _numerics.one_minus_decay_power(decay, t)
-    rho_t = rho_inf - 2.0 * t.astype(power.dtype) * power / corr
-    safe_rho = jnp.maximum(rho_t, 5.0)  # keeps the unused branch finite
+    rho_t = _rho(decay, rho_inf, t)
+    adapt = rho_t > threshold
+    safe_rho = jnp.where(adapt, rho_t, 5.0)  # keeps the unused branch finite
     rect = jnp.sqrt((safe_rho - 4.0) * (safe_rho - 2.0) * rho_inf
                     / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe_rho))
-    adapt = rho_t > threshold
 
     def leaf(u, g, nu):
       cd = _numerics.compute_dtype(u, nu)

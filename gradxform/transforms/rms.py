@@ -14,7 +14,8 @@ from gradxform._base import (GradientTransformation, next_count, raw_gradient, s
 
 class RmsState(NamedTuple):
   """State of `scale_by_rms`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
   nu: Any                  # EMA of squared gradients, like params
   mu: Any                  # EMA of gradients when centered, else None
 
@@ -94,7 +95,8 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
 
 class AmsgradState(NamedTuple):
   """State of `scale_by_amsgrad`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
   nu: Any                  # EMA of squared gradients, like params
   nu_max: Any              # running maximum of nu, like params
 

@@ -14,7 +14,8 @@ from gradxform._numerics import zero_count
 
 class ScheduleState(NamedTuple):
   """State of `scale_by_learning_rate` with a schedule."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
 
 
 def _scaled(updates: Any, factor: Any) -> Any:

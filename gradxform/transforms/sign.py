@@ -15,7 +15,8 @@ from gradxform._base import (GradientTransformation, next_count, raw_gradient, s
 
 class SignAgreementState(NamedTuple):
   """State of `sign_agreement`."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
   mu: Any                  # EMA m of gradients, like params
 
 

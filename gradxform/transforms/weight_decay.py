@@ -15,7 +15,8 @@ Mask = Any  # a tree of bools like params, or a function params -> such a tree
 
 class WeightDecayState(NamedTuple):
   """State of a weight decay whose rate is a schedule."""
-  count: jax.Array | None  # int32 scalar: updates so far (None: the chain's counter is used)
+  # int32 scalar: updates so far (None: the chain's counter is used)
+  count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
 
 
 def resolve_mask(where: str, mask: Mask, params: Any) -> Any:
@@ -96,6 +97,9 @@ def add_l2_penalty(weight_decay: ScalarOrSchedule,
     mask: as `decoupled_weight_decay`.
 
   State: `EmptyState()`, or `WeightDecayState(count)` for a scheduled λ.
+
+  References:
+    Krogh & Hertz, "A simple weight decay can improve generalization", NeurIPS 1991.
   """
   where = "add_l2_penalty"
   rate = weight_decay if callable(weight_decay) else _check.non_negative(
