@@ -1,0 +1,106 @@
+"""Helpers shared by the schedule modules: argument checks and the step/value conventions.
+
+Every schedule takes an integer step (a Python int or an int array, 0 at the first update) and
+returns a float32 scalar array. Arithmetic happens in `scalar_dtype()` (float32, or float64
+under `jax_enable_x64`) and is cast to float32 at the end; no Python branch ever depends on the
+traced step.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gradxform._numerics import scalar_dtype
+
+OUT_DTYPE = jnp.float32
+
+
+def as_step(step: Any) -> jax.Array:
+  """The step as an integer array (floats are rejected: steps count updates)."""
+  step = jnp.asarray(step)
+  if not jnp.issubdtype(step.dtype, jnp.integer):
+    raise TypeError(f"a schedule's step must be an integer array, got dtype {step.dtype}")
+  return step
+
+
+def as_float(step: jax.Array) -> jax.Array:
+  return step.astype(scalar_dtype())
+
+
+def out(value: Any) -> jax.Array:
+  return jnp.asarray(value).astype(OUT_DTYPE)
+
+
+def real(where: str, name: str, value: Any) -> float:
+  """A finite real number, as float."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
+  return float(value)
+
+
+def positive(where: str, name: str, value: Any) -> float:
+  value = real(where, name, value)
+  if not value > 0:
+    raise ValueError(f"{where}: {name} must be > 0, got {value!r}")
+  return value
+
+
+def non_negative(where: str, name: str, value: Any) -> float:
+  value = real(where, name, value)
+  if not value >= 0:
+    raise ValueError(f"{where}: {name} must be >= 0, got {value!r}")
+  return value
+
+
+def integer(where: str, name: str, value: Any, *, minimum: int) -> int:
+  """An integer >= minimum (integral floats such as 100.0 are accepted)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+  if isinstance(value, numbers.Integral):
+    ivalue = int(value)
+  elif math.isfinite(value) and float(value).is_integer():
+    ivalue = int(float(value))
+  else:
+    raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+  if ivalue < minimum:
+    raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+  return ivalue
+
+
+def one_of(where: str, name: str, value: Any, choices: tuple) -> Any:
+  if value not in choices:
+    raise ValueError(f"{where}: {name} must be one of {choices}, got {value!r}")
+  return value
+
+
+def cosine_fraction(t: jax.Array, period: Any, rest: jax.Array | None = None) -> jax.Array:
+  """`(1 + cos(π t / T)) / 2`: 1 at t = 0, 0 at t = T.
+
+  Evaluated as `cos²(π t / 2T)` in the first half and `sin²(π (T − t) / 2T)` in the second,
+  so values near 0 keep full relative accuracy (plain `1 + cos` cancels there in float32).
+  `rest` is `T − t` when the caller knows it more accurately than the subtraction.
+  """
+  rest = period - t if rest is None else rest
+  half = 0.5 * jnp.pi / period
+  return jnp.where(2.0 * t <= period, jnp.cos(half * t) ** 2, jnp.sin(half * rest) ** 2)
+
+
+def cosine_mix(start: Any, end: Any, t: jax.Array, period: Any,
+               rest: jax.Array | None = None) -> jax.Array:
+  """`end + (start − end)(1 + cos(π t / T)) / 2`, as `start·w(t) + end·w(T − t)`.
+
+  `w(T − t) = 1 − w(t)` is computed on its own, so both ends are exact and neither a small end
+  value nor a small start value is swamped by rounding of the other.
+  """
+  rest = period - t if rest is None else rest
+  return start * cosine_fraction(t, period, rest) + end * cosine_fraction(rest, period, t)
+
+
+def linear_mix(start: Any, end: Any, t: jax.Array, period: Any) -> jax.Array:
+  """`start + (end − start) t / T`, as `start·(T − t)/T + end·t/T` (exact at both ends)."""
+  return start * ((period - t) / period) + end * (t / period)

@@ -1,0 +1,1 @@
+"""Wrappers and combinators: transforms built around other transforms."""
