@@ -1,0 +1,115 @@
+"""Reading optimizer state by name, however deeply the optimizer is wrapped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MISSING = object()
+
+
+def _children(node: Any) -> list[tuple[str | None, str, Any]]:
+  """(name, path piece, child) for the children of a state node; name None when unnamed."""
+  fields = getattr(type(node), "_fields", None)
+  if isinstance(node, tuple) and fields is not None:
+    return [(f, f".{f}", getattr(node, f)) for f in fields]
+  if isinstance(node, dict):
+    return [(k if isinstance(k, str) else None, f"[{k!r}]", v) for k, v in node.items()]
+  if isinstance(node, (list, tuple)):
+    return [(None, f"[{i}]", v) for i, v in enumerate(node)]
+  return []
+
+
+def _matches(names: list[str | None], wanted: list[str]) -> bool:
+  """True when the path ends with `wanted[-1]` and holds the other names, in order, above it."""
+  named = [n for n in names if n is not None]
+  if not named or named[-1] != wanted[-1]:
+    return False
+  it = iter(named[:-1])
+  return all(any(n == w for n in it) for w in wanted[:-1])
+
+
+def tree_find(state: Any, name: str) -> dict[str, Any]:
+  """Every state value called `name`: a dict from its path (e.g. `"[0].count"`) to the value.
+
+  A value is *called* `name` when it is a NamedTuple field or a dict key of that name (so
+  `"learning_rate"` finds `inject_hyperparams`' `hyperparams["learning_rate"]`, and a
+  `named_chain` part's name finds its whole state). `name` may be a `/`-separated path,
+  e.g. `"head/count"`: a value called `count` somewhere below a node called `head` (a
+  partition group, a named_chain part, a field); intermediate levels may be skipped.
+  `None` values (a counter borrowed from the chain) are not reported. The search does not
+  descend into a value once it matches.
+  """
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"tree_find: name must be a non-empty str, got {name!r}")
+  wanted = name.strip("/").split("/")
+  found: dict[str, Any] = {}
+
+  def walk(node: Any, names: list[str | None], path: str) -> None:
+    for child_name, piece, child in _children(node):
+      child_names = names + [child_name]
+      if child_name == wanted[-1] and _matches(child_names, wanted):
+        if child is not None:
+          found[path + piece] = child
+        continue
+      walk(child, child_names, path + piece)
+
+  walk(state, [], "")
+  return found
+
+
+def tree_get(state: Any, name: str, default: Any = _MISSING) -> Any:
+  """The one state value called `name` (see `tree_find`), for logging.
+
+  Examples:
+    >>> gx.tree_get(state, "count")                 # Adam's step counter, however wrapped
+    >>> gx.tree_get(state, "learning_rate")         # an injected hyperparameter
+    >>> gx.tree_get(state, "total_notfinite")       # apply_if_finite's skipped steps
+    >>> gx.tree_get(state, "head/count")            # a partition group's or named part's count
+
+  Raises:
+    KeyError: no value has that name (and no `default` was given); the message lists the
+      names that do exist.
+    ValueError: several values have that name and they differ (or are traced, so cannot be
+      compared); the message lists their paths, and a longer `a/b` name picks one. Several
+      equal concrete arrays (e.g. the step counters of `inject_hyperparams` and of the
+      optimizer inside it) are not ambiguous: the outermost is returned.
+  """
+  found = tree_find(state, name)
+  if len(found) == 1 or (len(found) > 1 and _all_equal(list(found.values()))):
+    return found[min(found, key=len)]
+  if not found:
+    if default is not _MISSING:
+      return default
+    raise KeyError(f"tree_get: no state value called {name!r}. Names in this state: "
+                   f"{sorted(state_names(state))}.")
+  raise ValueError(f"tree_get: {len(found)} state values are called {name!r}, at "
+                   f"{sorted(found)}. Use a longer name to pick one, e.g. "
+                   f"'<group or part name>/{name.split('/')[-1]}', or tree_find for all.")
+
+
+def _all_equal(values: list[Any]) -> bool:
+  """True when every value is the same concrete array (no tracers, same shape/dtype/value)."""
+  import jax
+  import numpy as np
+  arrays = []
+  for v in values:
+    if isinstance(v, jax.core.Tracer) or not isinstance(v, (np.ndarray, np.generic, jax.Array)):
+      return False
+    arrays.append(np.asarray(v))
+  first = arrays[0]
+  return all(a.shape == first.shape and a.dtype == first.dtype and np.array_equal(a, first)
+             for a in arrays[1:])
+
+
+def state_names(state: Any) -> set[str]:
+  """Every field and str dict-key name that occurs in the state (for error messages)."""
+  names: set[str] = set()
+
+  def walk(node: Any) -> None:
+    for child_name, _, child in _children(node):
+      if child_name is not None:
+        names.add(child_name)
+      walk(child)
+
+  walk(state)
+  return names
