@@ -1,0 +1,410 @@
+"""Optimizer-step benchmark: gradxform against Optax, side by side in one process.
+
+For every (tree, optimizer) pair it builds the same algorithm in gradxform and in Optax and
+measures, for each library:
+
+* compile time of the jitted step `params, state = apply_updates(params, update(grads))`
+  (trace + lower + XLA compile, via `jax.jit(...).trace().lower().compile()`), with params and
+  state donated;
+* the median wall time of one step (`block_until_ready` after every step);
+* the achieved memory bandwidth of the step, `words_per_param * 4 bytes * n_params / time`
+  (the algorithm's minimal traffic, e.g. Adam reads p, g, m, v and writes p, m, v: 7 words),
+  as a fraction of the machine's triad bandwidth (see `triad_bandwidth`);
+* the optimizer state size in bytes.
+
+Output: one JSON object per line (to stdout or `--json FILE`), then a Markdown table.
+
+    python benchmarks/run.py                       # everything (GPU: a few minutes)
+    python benchmarks/run.py --cpu-default         # the subset that runs in minutes on 2 cores
+    python benchmarks/run.py --quick               # tiny trees, smoke run (the test suite)
+    python benchmarks/run.py --trees gpt2_small --optimizers adam,adamw --device
+
+The step compared is the same algorithm in both libraries (same hyperparameters, eps outside
+the root, decoupled weight decay `-lr * wd * p`, heavy-ball momentum without dampening,
+clipping to global norm 1 before AdamW); `--check` also reports the largest relative
+difference between the libraries' parameters after the first two compiled steps (untimed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ------------------------------------------------------------------------------------------
+# Trees: lists of (name, shape); the parameters are built on the device from these.
+
+
+def resnet50_shapes() -> list[tuple[str, tuple[int, ...]]]:
+  """ResNet-50 (v1.5, ImageNet head): 161 leaves, 25,557,032 parameters."""
+  shapes = [("stem/conv", (7, 7, 3, 64)), ("stem/bn/scale", (64,)), ("stem/bn/bias", (64,))]
+  cin = 64
+  for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+    for b in range(blocks):
+      pre = f"stage{stage}/block{b}"
+      for j, (k, ci, co) in enumerate(((1, cin, width), (3, width, width), (1, width, 4 * width))):
+        shapes += [(f"{pre}/conv{j}", (k, k, ci, co)), (f"{pre}/bn{j}/scale", (co,)),
+                   (f"{pre}/bn{j}/bias", (co,))]
+      if b == 0:
+        shapes += [(f"{pre}/down/conv", (1, 1, cin, 4 * width)),
+                   (f"{pre}/down/bn/scale", (4 * width,)), (f"{pre}/down/bn/bias", (4 * width,))]
+      cin = 4 * width
+  return shapes + [("head/kernel", (2048, 1000)), ("head/bias", (1000,))]
+
+
+def gpt2_small_shapes() -> list[tuple[str, tuple[int, ...]]]:
+  """GPT-2 small (tied embeddings): 148 leaves, 124,439,808 parameters."""
+  d, vocab, ctx = 768, 50257, 1024
+  shapes = [("wte", (vocab, d)), ("wpe", (ctx, d))]
+  for i in range(12):
+    shapes += [(f"h{i}/ln1/g", (d,)), (f"h{i}/ln1/b", (d,)),
+               (f"h{i}/attn/c_attn/w", (d, 3 * d)), (f"h{i}/attn/c_attn/b", (3 * d,)),
+               (f"h{i}/attn/c_proj/w", (d, d)), (f"h{i}/attn/c_proj/b", (d,)),
+               (f"h{i}/ln2/g", (d,)), (f"h{i}/ln2/b", (d,)),
+               (f"h{i}/mlp/c_fc/w", (d, 4 * d)), (f"h{i}/mlp/c_fc/b", (4 * d,)),
+               (f"h{i}/mlp/c_proj/w", (4 * d, d)), (f"h{i}/mlp/c_proj/b", (d,))]
+  return shapes + [("ln_f/g", (d,)), ("ln_f/b", (d,))]
+
+
+def uniform_shapes(n: int, size: int) -> list[tuple[str, tuple[int, ...]]]:
+  return [(f"w{i:05d}", (size,)) for i in range(n)]
+
+
+TREES: dict[str, Callable[[], list[tuple[str, tuple[int, ...]]]]] = {
+    "resnet50": resnet50_shapes,
+    "gpt2_small": gpt2_small_shapes,
+    "leaves2000x1000": lambda: uniform_shapes(2000, 1000),
+    "single50m": lambda: [("w", (50_000_000,))],
+    "leaves10000x10": lambda: uniform_shapes(10000, 10),
+}
+QUICK_TREES: dict[str, Callable[[], list[tuple[str, tuple[int, ...]]]]] = {
+    "quick_mixed": lambda: [("a", (64, 32)), ("b", (32,)), ("c", (3, 3, 4, 8)), ("d", (1000,))],
+    "quick_leaves50x10": lambda: uniform_shapes(50, 10),
+}
+#: The trees that compile in seconds on a 2-core CPU (leaves10000x10 takes about 3 minutes per
+#: Optax AdamW compile there: XLA:CPU compile time grows faster than linearly with the leaves).
+CPU_DEFAULT_TREES = ("resnet50", "gpt2_small", "leaves2000x1000", "single50m")
+
+
+def make_tree(shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str, jax.Array]:
+  """Parameters as a nested dict ('a/b/c' -> {'a': {'b': {'c': ...}}}), deterministic values."""
+  tree: dict[str, Any] = {}
+  for i, (name, shape) in enumerate(shapes):
+    key = jax.random.fold_in(jax.random.key(seed), i)
+    node = tree
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = 0.02 * jax.random.normal(key, shape, jnp.float32)
+  return tree
+
+
+# ------------------------------------------------------------------------------------------
+# Optimizers: the same algorithm in both libraries.
+
+LR, WD, MOMENTUM, MAX_NORM = 1e-3, 1e-2, 0.9, 1.0
+
+#: Minimal words (4-byte f32 values) read + written per parameter by one step incl. apply.
+WORDS = {
+    "adam": 7,          # read p g m v, write p m v
+    "adamw": 7,         # the same; the decay reads p, which the apply reads anyway
+    "sgd_momentum": 5,  # read p g b, write p b
+    "clip_adamw": 8,    # AdamW plus one extra pass over g for the global norm
+}
+#: State words per parameter the algorithm needs (plus O(1) counters).
+STATE_WORDS = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "clip_adamw": 2}
+
+
+def build(lib: str, name: str, state_dtype: Any = None) -> Any:
+  import optax
+
+  import gradxform as gx
+  if lib in ("gx", "gx_flatten"):
+    sd = {} if state_dtype is None else {"state_dtype": state_dtype}
+    tx = {
+        "adam": lambda: gx.adam(LR, **sd),
+        "adamw": lambda: gx.adamw(LR, weight_decay=WD, **sd),
+        "sgd_momentum": lambda: gx.sgd(LR, momentum=MOMENTUM, **sd),
+        "clip_adamw": lambda: gx.chain(gx.clip_by_global_norm(MAX_NORM),
+                                       gx.adamw(LR, weight_decay=WD, **sd)),
+    }[name]()
+    return gx.flatten(tx) if lib == "gx_flatten" else tx
+  if lib == "optax":
+    return {
+        "adam": lambda: optax.adam(LR),
+        "adamw": lambda: optax.adamw(LR, weight_decay=WD),
+        "sgd_momentum": lambda: optax.sgd(LR, momentum=MOMENTUM),
+        "clip_adamw": lambda: optax.chain(optax.clip_by_global_norm(MAX_NORM),
+                                          optax.adamw(LR, weight_decay=WD)),
+    }[name]()
+  raise ValueError(f"unknown library {lib!r}")
+
+
+def make_step(lib: str, tx: Any) -> Callable[..., Any]:
+  import optax
+
+  import gradxform as gx
+  apply = optax.apply_updates if lib == "optax" else gx.apply_updates
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return apply(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+# ------------------------------------------------------------------------------------------
+# Measurements.
+
+
+def tree_bytes(tree: Any) -> int:
+  return int(sum(np.dtype(x.dtype).itemsize * math.prod(x.shape)
+                 for x in jax.tree.leaves(tree)))
+
+
+def block(tree: Any) -> None:
+  jax.block_until_ready(tree)
+
+
+def triad_bandwidth(n: int, reps: int) -> dict[str, float]:
+  """STREAM-like bandwidth in bytes/s: `a = b + s*c` over 3 arrays of n float32.
+
+  `numpy_triad`: NumPy on the host (`a = b + c`, one pass, 3 arrays moved, single thread;
+  `multiply` and `add` into `a` would be two passes). `device_triad`: the jitted triad
+  `b + s*c` on JAX's default device (read 2 arrays, write 1). Best of `reps`.
+  """
+  b = np.full(n, 1.0, np.float32)
+  c = np.full(n, 2.0, np.float32)
+  a = np.empty_like(b)
+  best = math.inf
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    np.add(b, c, out=a)
+    best = min(best, time.perf_counter() - t0)
+  numpy_bw = 3 * 4 * n / best
+  del a, b, c
+
+  triad = jax.jit(lambda b, c: b + 1.5 * c)
+  bd, cd = jnp.ones((n,), jnp.float32), jnp.full((n,), 2.0, jnp.float32)
+  block(triad(bd, cd))
+  best = math.inf
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    block(triad(bd, cd))
+    best = min(best, time.perf_counter() - t0)
+  device_bw = 3 * 4 * n / best
+  del bd, cd
+  return {"numpy_triad_bytes_per_s": numpy_bw, "device_triad_bytes_per_s": device_bw}
+
+
+def device_info() -> dict[str, Any]:
+  import optax
+  dev = jax.devices()[0]
+  return {
+      "optax": optax.__version__,
+      "platform": dev.platform,
+      "device_kind": getattr(dev, "device_kind", "?"),
+      "device_count": jax.device_count(),
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "machine": platform.machine(),
+  }
+
+
+def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, warmup: int,
+              seed: int, state_dtype: Any, snapshot: list[Any] | None = None) -> dict[str, Any]:
+  """Compiles and times one library's step; with `snapshot` (a list), appends the params after
+  `CHECK_STEPS` steps of the compiled step (as NumPy arrays) for `max_rel_diff`."""
+  params = make_tree(shapes, seed)
+  grads = jax.tree.map(lambda p: 0.1 * p + 1e-3, make_tree(shapes, seed + 1))
+  tx = build(lib, opt, state_dtype)
+  state = tx.init(params)
+  block((params, grads, state))
+  step = make_step(lib, tx)
+
+  t0 = time.perf_counter()
+  traced = step.trace(params, state, grads)
+  t1 = time.perf_counter()
+  lowered = traced.lower()
+  t2 = time.perf_counter()
+  compiled = lowered.compile()
+  t3 = time.perf_counter()
+
+  state_bytes = tree_bytes(state)
+  n_params = sum(math.prod(s) for _, s in shapes)
+  done = 0
+  if snapshot is not None:
+    for _ in range(CHECK_STEPS):
+      params, state = compiled(params, state, grads)
+    snapshot.append([np.asarray(x) for x in jax.tree.leaves(params)])
+    done = CHECK_STEPS
+  for _ in range(max(warmup - done, 0)):
+    params, state = compiled(params, state, grads)
+  block((params, state))
+  times = []
+  for _ in range(reps):
+    s0 = time.perf_counter()
+    params, state = compiled(params, state, grads)
+    block((params, state))
+    times.append(time.perf_counter() - s0)
+  finite = bool(all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params)[:4]))
+  del params, state, grads, compiled, lowered, traced
+  step_s = statistics.median(times)
+  return {
+      "lib": lib, "optimizer": opt, "tree": tree_name, "leaves": len(shapes),
+      "params": n_params, "trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2,
+      "total_compile_s": t3 - t0, "step_s": step_s, "step_min_s": min(times), "reps": reps,
+      "bytes_per_step": WORDS[opt] * 4 * n_params,
+      "achieved_bytes_per_s": WORDS[opt] * 4 * n_params / step_s,
+      "state_bytes": state_bytes, "state_bytes_per_param": state_bytes / n_params,
+      "algorithm_state_bytes": STATE_WORDS[opt] * 4 * n_params, "finite": finite,
+  }
+
+
+CHECK_STEPS = 2
+
+
+def max_rel_diff(snapshots: list[list[np.ndarray]]) -> float:
+  """Largest |p_lib - p_first| / max|p_first| over leaves, for params after CHECK_STEPS steps
+  of each library's compiled step from the same start."""
+  worst = 0.0
+  for other in snapshots[1:]:
+    for a, b in zip(snapshots[0], other):
+      a, b = a.astype(np.float64), b.astype(np.float64)
+      worst = max(worst, float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30)))
+  return worst
+
+
+# ------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
+  """One line per (tree, optimizer): gradxform and Optax side by side, with ratios."""
+  by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+  for r in rows:
+    by_key.setdefault((r["tree"], r["optimizer"]), {})[r["lib"]] = r
+  libs = sorted({r["lib"] for r in rows}, key=["gx", "gx_flatten", "optax"].index)
+  head = ["tree", "leaves", "params", "optimizer"]
+  for lib in libs:
+    head += [f"{lib} step ms", f"{lib} compile s"]
+  head += ["step gx/optax", "compile optax/gx", f"gx BW / {bw_name}", "state B/param gx/optax"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for (tree, opt), per in by_key.items():
+    any_r = next(iter(per.values()))
+    cells = [tree, str(any_r["leaves"]), f"{any_r['params'] / 1e6:.2f}M", opt]
+    for lib in libs:
+      r = per.get(lib)
+      cells += ([f"{r['step_s'] * 1e3:.3f}", f"{r['total_compile_s']:.2f}"] if r else ["", ""])
+    gx, ox = per.get("gx"), per.get("optax")
+    cells.append(f"{gx['step_s'] / ox['step_s']:.2f}" if gx and ox else "")
+    cells.append(f"{ox['total_compile_s'] / gx['total_compile_s']:.2f}" if gx and ox else "")
+    cells.append(f"{gx['achieved_bytes_per_s'] / bw:.2f}" if gx else "")
+    cells.append(" / ".join(f"{per[lib]['state_bytes_per_param']:.2f}" for lib in ("gx", "optax")
+                            if lib in per))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--quick", action="store_true", help="tiny trees, few reps (smoke run)")
+  ap.add_argument("--cpu-default", action="store_true",
+                  help=f"only the trees that compile in seconds on a small CPU: "
+                       f"{','.join(CPU_DEFAULT_TREES)}")
+  ap.add_argument("--trees", default=None, help=f"comma list from {','.join(TREES)}")
+  ap.add_argument("--optimizers", default=",".join(WORDS), help=f"comma list from "
+                  f"{','.join(WORDS)}")
+  ap.add_argument("--libs", default="gx,optax",
+                  help="comma list from gx,optax,gx_flatten (gx.flatten(optimizer))")
+  ap.add_argument("--reps", type=int, default=None, help="timed steps (default 20; quick 3)")
+  ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compile")
+  ap.add_argument("--state-dtype", default=None, help="gradxform state_dtype, e.g. bfloat16")
+  ap.add_argument("--triad-size", type=int, default=None, help="float32 elements per array")
+  ap.add_argument("--check", action="store_true",
+                  help="also report the max relative difference of params between libraries")
+  ap.add_argument("--device", action="store_true", help="print device information first")
+  ap.add_argument("--json", default=None, help="write JSON lines here instead of stdout")
+  ap.add_argument("--markdown", default=None, help="also write the Markdown table here")
+  ap.add_argument("--seed", type=int, default=0)
+  return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+  args = parse_args(argv)
+  trees = QUICK_TREES if args.quick else TREES
+  if args.trees:
+    names = args.trees.split(",")
+    pool = {**TREES, **QUICK_TREES}
+    unknown = [n for n in names if n not in pool]
+    if unknown:
+      raise SystemExit(f"unknown trees {unknown}; choose from {sorted(pool)}")
+    trees = {n: pool[n] for n in names}
+  elif args.cpu_default:
+    trees = {n: TREES[n] for n in CPU_DEFAULT_TREES}
+  opts = args.optimizers.split(",")
+  for o in opts:
+    if o not in WORDS:
+      raise SystemExit(f"unknown optimizer {o!r}; choose from {sorted(WORDS)}")
+  libs = args.libs.split(",")
+  reps = args.reps or (3 if args.quick else 20)
+  warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+  triad_n = args.triad_size or (1 << 16 if args.quick else 1 << 25)
+  out = open(args.json, "w") if args.json else sys.stdout
+
+  def emit(obj: dict[str, Any]) -> None:
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
+
+  info = device_info()
+  if args.device:
+    print("# device: " + json.dumps(info), file=sys.stderr)
+  bw = triad_bandwidth(triad_n, 3 if args.quick else 10)
+  # The reference: the accelerator's own triad on GPU/TPU, NumPy's on CPU hosts.
+  on_cpu = info["platform"] == "cpu"
+  ref_name = "numpy_triad" if on_cpu else "device_triad"
+  ref = bw[f"{ref_name}_bytes_per_s"]
+  emit({"kind": "machine", **info, **bw, "reference_bandwidth": ref_name,
+        "triad_elements": triad_n})
+
+  rows = []
+  for tree_name, fn in trees.items():
+    shapes = fn()
+    for opt in opts:
+      snapshots: list[Any] | None = [] if args.check and len(libs) > 1 else None
+      for lib in libs:
+        row = bench_one(lib, opt, tree_name, shapes, reps, warmup, args.seed, args.state_dtype,
+                        snapshots)
+        row["kind"] = "step"
+        row["fraction_of_reference_bandwidth"] = row["achieved_bytes_per_s"] / ref
+        rows.append(row)
+        emit(row)
+        gc.collect()
+      if snapshots:
+        emit({"kind": "check", "tree": tree_name, "optimizer": opt, "libs": libs,
+              "steps": CHECK_STEPS, "max_rel_param_diff": max_rel_diff(snapshots)})
+        del snapshots
+  table = markdown(rows, ref, ref_name)
+  if args.json:
+    out.close()
+  print("\n" + table)
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write(table + "\n")
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,72 @@
+"""Smoke test of benchmarks/run.py in --quick mode: output structure only, no timing asserts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+  spec = importlib.util.spec_from_file_location("gx_benchmark_run", ROOT / "benchmarks" / "run.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_tree_shapes_are_realistic(bench):
+  import math
+  resnet = bench.resnet50_shapes()
+  gpt2 = bench.gpt2_small_shapes()
+  assert len(resnet) == 161 and sum(math.prod(s) for _, s in resnet) == 25_557_032
+  assert len(gpt2) == 148 and sum(math.prod(s) for _, s in gpt2) == 124_439_808
+  assert len(bench.TREES["leaves10000x10"]()) == 10_000
+
+
+def test_quick_run_output(bench, tmp_path):
+  jsonl, md = tmp_path / "out.jsonl", tmp_path / "table.md"
+  rows = bench.main(["--quick", "--reps", "2", "--check", "--device", "--json", str(jsonl),
+                     "--markdown", str(md)])
+  records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+  machine = [r for r in records if r["kind"] == "machine"]
+  steps = [r for r in records if r["kind"] == "step"]
+  checks = [r for r in records if r["kind"] == "check"]
+  assert len(machine) == 1
+  assert machine[0]["numpy_triad_bytes_per_s"] > 0 and machine[0]["device_triad_bytes_per_s"] > 0
+  assert machine[0]["platform"]
+
+  opts, trees = set(bench.WORDS), set(bench.QUICK_TREES)
+  assert {(r["tree"], r["optimizer"], r["lib"]) for r in steps} == {
+      (t, o, lib) for t in trees for o in opts for lib in ("gx", "optax")}
+  assert steps == rows
+  for r in steps:
+    for key in ("trace_s", "lower_s", "compile_s", "total_compile_s", "step_s", "step_min_s",
+                "achieved_bytes_per_s", "fraction_of_reference_bandwidth", "state_bytes",
+                "bytes_per_step", "params", "leaves"):
+      assert r[key] > 0, (key, r)
+    assert r["finite"]
+    # The algorithm's state words per parameter plus O(1): one int32 step counter.
+    if r["lib"] == "gx":
+      assert r["state_bytes"] == r["algorithm_state_bytes"] + 4, r
+
+  assert len(checks) == len(trees) * len(opts)
+  for c in checks:
+    assert c["max_rel_param_diff"] < 1e-5, c
+
+  table = md.read_text().strip().splitlines()
+  assert table[0].startswith("| tree |") and "step gx/optax" in table[0]
+  assert len(table) == 2 + len(trees) * len(opts)
+  assert all(line.count("|") == table[0].count("|") for line in table)
+
+
+def test_bfloat16_state_halves(bench):
+  rows = bench.main(["--quick", "--reps", "1", "--warmup", "0", "--trees", "quick_mixed",
+                     "--optimizers", "adam", "--libs", "gx", "--state-dtype", "bfloat16",
+                     "--json", "/dev/null"])
+  (row,) = rows
+  assert row["state_bytes"] == row["algorithm_state_bytes"] // 2 + 4
