@@ -56,10 +56,56 @@ from gradxform.optimizers.sign import addsign
 from gradxform.optimizers.sign import powersign
 
 # --- schedules (issue 4) ------------------------------------------------------------------
+from gradxform.schedules.cosine import cosine_decay_schedule
+from gradxform.schedules.cosine import sgdr_schedule
+from gradxform.schedules.cosine import warmup_cosine_decay_schedule
+from gradxform.schedules.cyclic import cyclical_schedule
+from gradxform.schedules.cyclic import one_cycle_schedule
+from gradxform.schedules.decay import constant_schedule
+from gradxform.schedules.decay import exponential_decay
+from gradxform.schedules.decay import inverse_time_decay
+from gradxform.schedules.decay import linear_schedule
+from gradxform.schedules.decay import piecewise_constant_schedule
+from gradxform.schedules.decay import polynomial_schedule
+from gradxform.schedules.decay import step_decay_schedule
+from gradxform.schedules.join import join_schedules
+from gradxform.schedules.sign_decay import cosine_sign_decay
+from gradxform.schedules.sign_decay import linear_sign_decay
+from gradxform.schedules.sign_decay import restart_sign_decay
+from gradxform.schedules.transformer import transformer_schedule
+from gradxform.wrappers.inject import InjectHyperparamsState
+from gradxform.wrappers.inject import inject_hyperparams
+from gradxform.wrappers.plateau import ReduceOnPlateauState
+from gradxform.wrappers.plateau import reduce_on_plateau
 # --- wrappers (issue 5) -------------------------------------------------------------------
+from gradxform.wrappers.accumulate import accumulate_gradients
+from gradxform.wrappers.averaging import averaged_params
+from gradxform.wrappers.averaging import ema_params
+from gradxform.wrappers.averaging import polyak_params
+from gradxform.wrappers.finite import apply_if_finite
+from gradxform.wrappers.flatten import flatten
+from gradxform.wrappers.masked import MaskedNode
+from gradxform.wrappers.masked import masked
+from gradxform.wrappers.partition import partition
+from gradxform.wrappers.partition import set_to_zero
+from gradxform.wrappers.state_access import tree_find
+from gradxform.wrappers.state_access import tree_get
+from gradxform.wrappers.training import early_stopping
+from gradxform.wrappers.training import ensemble_predict
+from gradxform.wrappers.training import snapshot_ensemble
 # --- data parallel (issue 6) --------------------------------------------------------------
+from gradxform.parallel.easgd import elastic_averaging
+from gradxform.parallel.local_sgd import periodic_average
+from gradxform.parallel.replica import cross_replica_mean
+from gradxform.parallel.stale import stale_gradients
+from gradxform.parallel.zero import zero1
+from gradxform.parallel.zero import zero1_shardings
+# --- interop (issue 8) --------------------------------------------------------------------
+from gradxform.interop import from_optax
+from gradxform.interop import to_optax
 
 __version__ = "0.1.0"
 
 __all__ = sorted(name for name in dir() if not name.startswith("_") and name not in {
-    "annotations", "transforms", "optimizers", "schedules", "wrappers", "parallel"})
+    "annotations", "transforms", "optimizers", "schedules", "wrappers", "parallel",
+    "interop"})
