@@ -29,15 +29,23 @@ def check_same_structure(name: str, expected: Any, got: Any, expected_what: str 
   exp, have = _paths(expected), _paths(got)
   missing = [p for p in exp if p not in set(have)]
   unexpected = [p for p in have if p not in set(exp)]
-  lines = [f"{name}: the {got_what} tree does not match the {expected_what} tree."]
+  _raise_mismatch(name, missing, unexpected, (expected_what, expected), (got_what, got),
+                  "Did init() see a different tree (e.g. one with non-trainable leaves)?")
+
+
+def _raise_mismatch(name: str, missing: list[str], unexpected: list[str],
+                    reference: tuple[str, Any], other: tuple[str, Any], hint: str) -> None:
+  """Raises the ValueError shared by the structure checks: what is missing, what is extra."""
+  (ref_what, ref), (other_what, tree) = reference, other
+  lines = [f"{name}: the {other_what} tree does not match the {ref_what} tree."]
   if missing:
     lines.append(f"  missing:    {_listing(missing)}")
   if unexpected:
     lines.append(f"  unexpected: {_listing(unexpected)}")
   if not missing and not unexpected:
-    lines.append(f"  same paths, different node types: {expected_what} is "
-                 f"{jax.tree.structure(expected)}, {got_what} is {jax.tree.structure(got)}")
-  lines.append("Did init() see a different tree (e.g. one with non-trainable leaves)?")
+    lines.append(f"  same paths, different node types: {ref_what} is "
+                 f"{jax.tree.structure(ref)}, {other_what} is {jax.tree.structure(tree)}")
+  lines.append(hint)
   raise ValueError("\n".join(lines))
 
 
@@ -102,17 +110,9 @@ def _prefix_error(name: str, prefix: Any, tree: Any, prefix_what: str, tree_what
   covers = lambda a, b: len(a) <= len(b) and tuple(b[:len(a)]) == tuple(a)
   missing = [jax.tree_util.keystr(w) for w in want if not any(covers(h, w) for h in have)]
   unexpected = [jax.tree_util.keystr(h) for h in have if not any(covers(h, w) for w in want)]
-  lines = [f"{name}: the {prefix_what} tree does not match the {tree_what} tree."]
-  if missing:
-    lines.append(f"  missing:    {_listing(missing)}")
-  if unexpected:
-    lines.append(f"  unexpected: {_listing(unexpected)}")
-  if not missing and not unexpected:
-    lines.append(f"  same paths, different node types: {prefix_what} is "
-                 f"{jax.tree.structure(prefix)}, {tree_what} is {jax.tree.structure(tree)}")
-  lines.append(f"The {prefix_what} must have the {tree_what}' structure, or a prefix of it "
-               "(one value for a whole subtree).")
-  raise ValueError("\n".join(lines))
+  _raise_mismatch(name, missing, unexpected, (tree_what, tree), (prefix_what, prefix),
+                  f"The {prefix_what} must have the {tree_what}' structure, or a prefix of it "
+                  "(one value for a whole subtree).")
 
 
 def leaf_paths(tree: Any) -> list[str]:

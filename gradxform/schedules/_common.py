@@ -72,12 +72,6 @@ def integer(where: str, name: str, value: Any, *, minimum: int) -> int:
   return ivalue
 
 
-def one_of(where: str, name: str, value: Any, choices: tuple) -> Any:
-  if value not in choices:
-    raise ValueError(f"{where}: {name} must be one of {choices}, got {value!r}")
-  return value
-
-
 def cosine_fraction(t: jax.Array, period: Any, rest: jax.Array | None = None) -> jax.Array:
   """`(1 + cos(π t / T)) / 2`: 1 at t = 0, 0 at t = T.
 

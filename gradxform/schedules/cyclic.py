@@ -8,6 +8,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from gradxform import _check
 from gradxform._equality import by_value
 from gradxform.schedules import _common as c
 
@@ -44,7 +45,7 @@ def cyclical_schedule(base_value: float, max_value: float, step_size_up: int, *,
   up = c.integer(where, "step_size_up", step_size_up, minimum=1)
   down = up if step_size_down is None else c.integer(where, "step_size_down", step_size_down,
                                                      minimum=1)
-  mode = c.one_of(where, "mode", mode, ("triangular", "triangular2", "exp_range"))
+  mode = _check.one_of(where, "mode", mode, ("triangular", "triangular2", "exp_range"))
   gamma = c.positive(where, "gamma", gamma)
   if gamma > 1.0:
     raise ValueError(f"{where}: gamma must be in (0, 1], got {gamma!r}")
@@ -98,7 +99,7 @@ def one_cycle_schedule(total_steps: int, max_value: float, *, pct_start: float =
     raise ValueError(f"{where}: pct_start must be in [0, 1], got {pct_start!r}")
   div_factor = c.positive(where, "div_factor", div_factor)
   final_div_factor = c.positive(where, "final_div_factor", final_div_factor)
-  anneal = c.one_of(where, "anneal", anneal, ("cos", "linear"))
+  anneal = _check.one_of(where, "anneal", anneal, ("cos", "linear"))
   initial = max_value / div_factor
   final = initial / final_div_factor
   end1 = float(pct_start * total_steps) - 1.0   # torch's phase boundaries, as floats
