@@ -114,6 +114,22 @@ def check_jit(tx: Any, params: Any, grads: Any = None, *, needs_params: bool = F
                   rtol, atol)
 
 
+def _check_layout(name: str, reference: Any, got: Any, structure_msg: str, leaf_msg: str) -> None:
+  """Fails unless `got` has `reference`'s tree structure and each leaf's shape and dtype.
+
+  `structure_msg` is formatted with `error`; `leaf_msg` with `path`, `ref` and `got`, each leaf
+  described as e.g. `float32[3, 2]`.
+  """
+  try:
+    chex.assert_trees_all_equal_structs(reference, got)
+  except AssertionError as e:
+    _fail(name, structure_msg.format(error=e))
+  for (path, x), y in zip(_leaves_with_paths(reference), jax.tree.leaves(got)):
+    if jnp.shape(x) != jnp.shape(y) or jnp.result_type(x) != jnp.result_type(y):
+      _fail(name, leaf_msg.format(path=path, ref=f"{jnp.result_type(x)}{list(jnp.shape(x))}",
+                                  got=f"{jnp.result_type(y)}{list(jnp.shape(y))}"))
+
+
 def check_state_stable(tx: Any, params: Any, grads: Any = None, *, needs_params: bool = False,
                        extra: dict | None = None, steps: int = 3) -> None:
   """State structure/shapes/dtypes fixed across steps; updates keep grads' shapes/dtypes."""
@@ -129,22 +145,13 @@ def check_state_stable(tx: Any, params: Any, grads: Any = None, *, needs_params:
 
   outs, states = _run(tx, params, grads, steps, needs_params, extra, jax.jit(counted))
   for i, (u, s) in enumerate(zip(outs, states)):
-    try:
-      chex.assert_trees_all_equal_structs(init_state, s)
-    except AssertionError as e:
-      _fail(name, f"the state's tree structure changed at step {i + 1}: {e}")
-    for (path, a), b in zip(_leaves_with_paths(init_state), jax.tree.leaves(s)):
-      if jnp.shape(a) != jnp.shape(b) or jnp.result_type(a) != jnp.result_type(b):
-        _fail(name, f"state leaf {path} changed from {jnp.result_type(a)}{list(jnp.shape(a))} "
-              f"to {jnp.result_type(b)}{list(jnp.shape(b))} at step {i + 1}.")
-    try:
-      chex.assert_trees_all_equal_structs(grads, u)
-    except AssertionError as e:
-      _fail(name, f"the updates' tree structure differs from the gradients': {e}")
-    for (path, g), x in zip(_leaves_with_paths(grads), jax.tree.leaves(u)):
-      if jnp.shape(g) != jnp.shape(x) or jnp.result_type(g) != jnp.result_type(x):
-        _fail(name, f"update leaf {path} is {jnp.result_type(x)}{list(jnp.shape(x))}, the "
-              f"gradient is {jnp.result_type(g)}{list(jnp.shape(g))} (step {i + 1}).")
+    step = i + 1
+    _check_layout(name, init_state, s,
+                  f"the state's tree structure changed at step {step}: {{error}}",
+                  f"state leaf {{path}} changed from {{ref}} to {{got}} at step {step}.")
+    _check_layout(name, grads, u,
+                  "the updates' tree structure differs from the gradients': {error}",
+                  f"update leaf {{path}} is {{got}}, the gradient is {{ref}} (step {step}).")
   if len(traces) > 1:
     _fail(name, f"the jitted update was traced {len(traces)} times in {steps} steps: the state "
           "it returns differs in type from the state it got (e.g. weak types or Python "
