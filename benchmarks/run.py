@@ -6,7 +6,8 @@ measures, for each library:
 * compile time of the jitted step `params, state = apply_updates(params, update(grads))`
   (trace + lower + XLA compile, via `jax.jit(...).trace().lower().compile()`), with params and
   state donated;
-* the median wall time of one step (`block_until_ready` after every step);
+* the time of one step: `reps` steps run back to back and end in one `block_until_ready`,
+  three such groups, the median group's mean;
 * the achieved memory bandwidth of the step, `words_per_param * 4 bytes * n_params / time`
   (the algorithm's minimal traffic, e.g. Adam reads p, g, m, v and writes p, m, v: 7 words),
   as a fraction of the machine's triad bandwidth (see `triad_bandwidth`);
@@ -173,6 +174,19 @@ def tree_bytes(tree: Any) -> int:
                  for x in jax.tree.leaves(tree)))
 
 
+#: Entry-computation ops that launch no work of their own.
+_NO_WORK = ("parameter(", "tuple(", "get-tuple-element(", "bitcast(", "constant(")
+
+
+def count_kernels(hlo_text: str) -> int:
+  """Ops in the optimized HLO's entry computation that run work (fusions, copies, reductions,
+  library calls...): on a GPU roughly the kernels one step launches."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  ops = [ln for ln in entry.splitlines()[1:] if " = " in ln]
+  return sum(1 for ln in ops if not any(w in ln.split(" = ", 1)[1] for w in _NO_WORK))
+
+
 def block(tree: Any) -> None:
   jax.block_until_ready(tree)
 
@@ -182,7 +196,8 @@ def triad_bandwidth(n: int, reps: int) -> dict[str, float]:
 
   `numpy_triad`: NumPy on the host (`a = b + c`, one pass, 3 arrays moved, single thread;
   `multiply` and `add` into `a` would be two passes). `device_triad`: the jitted triad
-  `b + s*c` on JAX's default device (read 2 arrays, write 1). Best of `reps`.
+  `c = b + s*c` on JAX's default device (read 2 arrays, write 1), ten in one call. Best of
+  `reps`.
   """
   b = np.full(n, 1.0, np.float32)
   c = np.full(n, 2.0, np.float32)
@@ -195,14 +210,22 @@ def triad_bandwidth(n: int, reps: int) -> dict[str, float]:
   numpy_bw = 3 * 4 * n / best
   del a, b, c
 
-  triad = jax.jit(lambda b, c: b + 1.5 * c)
+  # `inner` triads in one dispatch (c <- b + s*c, a loop-carried dependence XLA cannot hoist),
+  # so launch and host overheads do not count: on a GPU one triad of 3 x 128 MiB takes about
+  # as long as dispatching it.
+  inner = 10
+
+  @jax.jit
+  def triad(b, c):
+    return jax.lax.fori_loop(0, inner, lambda _, c: b + 0.5 * c, c)
+
   bd, cd = jnp.ones((n,), jnp.float32), jnp.full((n,), 2.0, jnp.float32)
   block(triad(bd, cd))
   best = math.inf
   for _ in range(reps):
     t0 = time.perf_counter()
     block(triad(bd, cd))
-    best = min(best, time.perf_counter() - t0)
+    best = min(best, (time.perf_counter() - t0) / inner)
   device_bw = 3 * 4 * n / best
   del bd, cd
   return {"numpy_triad_bytes_per_s": numpy_bw, "device_triad_bytes_per_s": device_bw}
@@ -242,6 +265,7 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
   compiled = lowered.compile()
   t3 = time.perf_counter()
 
+  kernels = count_kernels(compiled.as_text())
   state_bytes = tree_bytes(state)
   n_params = sum(math.prod(s) for _, s in shapes)
   done = 0
@@ -253,12 +277,15 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
   for _ in range(max(warmup - done, 0)):
     params, state = compiled(params, state, grads)
   block((params, state))
+  # Steps run back to back, as in training (dispatch overlaps the device's work), and are
+  # timed in CHUNKS groups of `reps` steps, each ended by one block_until_ready.
   times = []
-  for _ in range(reps):
+  for _ in range(CHUNKS):
     s0 = time.perf_counter()
-    params, state = compiled(params, state, grads)
+    for _ in range(reps):
+      params, state = compiled(params, state, grads)
     block((params, state))
-    times.append(time.perf_counter() - s0)
+    times.append((time.perf_counter() - s0) / reps)
   finite = bool(all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params)[:4]))
   del params, state, grads, compiled, lowered, traced
   step_s = statistics.median(times)
@@ -268,12 +295,13 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
       "total_compile_s": t3 - t0, "step_s": step_s, "step_min_s": min(times), "reps": reps,
       "bytes_per_step": WORDS[opt] * 4 * n_params,
       "achieved_bytes_per_s": WORDS[opt] * 4 * n_params / step_s,
-      "state_bytes": state_bytes, "state_bytes_per_param": state_bytes / n_params,
+      "kernels": kernels, "state_bytes": state_bytes, "state_bytes_per_param": state_bytes / n_params,
       "algorithm_state_bytes": STATE_WORDS[opt] * 4 * n_params, "finite": finite,
   }
 
 
 CHECK_STEPS = 2
+CHUNKS = 3
 
 
 def max_rel_diff(snapshots: list[list[np.ndarray]]) -> float:
@@ -300,7 +328,8 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
   head = ["tree", "leaves", "params", "optimizer"]
   for lib in libs:
     head += [f"{lib} step ms", f"{lib} compile s"]
-  head += ["step gx/optax", "compile optax/gx", f"gx BW / {bw_name}", "state B/param gx/optax"]
+  head += ["step gx/optax", "compile optax/gx", f"gx BW / {bw_name}", "state B/param gx/optax",
+           "kernels " + "/".join(libs)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for (tree, opt), per in by_key.items():
     any_r = next(iter(per.values()))
@@ -314,6 +343,7 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
     cells.append(f"{gx['achieved_bytes_per_s'] / bw:.2f}" if gx else "")
     cells.append(" / ".join(f"{per[lib]['state_bytes_per_param']:.2f}" for lib in ("gx", "optax")
                             if lib in per))
+    cells.append(" / ".join(str(per[lib]["kernels"]) if lib in per else "-" for lib in libs))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -172,12 +172,22 @@ def _chain_init(parts: list[GradientTransformation], params: Params) -> list[Any
         owner = i
       else:
         states[i] = s._replace(count=None)
+  _remember_state_types(parts, jax.tree.structure(params), states)
   return states
 
 
 #: (id of a chain's parts list, treedef of the updates) -> the types of the parts' states. A
 #: cache of a pure function of its key (init's state types depend on the tree's structure only).
 _STATE_TYPES: dict[Any, Any] = {}
+
+
+def _remember_state_types(parts: list[GradientTransformation], treedef: Any,
+                          states: list[Any]) -> None:
+  """Records the types of the states `init` made, so the first `update` on the same tree
+  structure need not trace every part's `init` again to check them."""
+  if len(_STATE_TYPES) > 256:
+    _STATE_TYPES.clear()
+  _STATE_TYPES[(id(parts), treedef)] = ([type(x) for x in states], parts)
 
 
 def _check_part_states(name: str, parts: list[GradientTransformation], states: list[Any],
@@ -195,9 +205,7 @@ def _check_part_states(name: str, parts: list[GradientTransformation], states: l
       shapes = jax.eval_shape(lambda u: [tx.init(u) for tx in parts], updates)
     except Exception:  # noqa: BLE001 - a part's init fails on these updates: its update says why
       return
-    if len(_STATE_TYPES) > 256:
-      _STATE_TYPES.clear()
-    _STATE_TYPES[key] = ([type(x) for x in shapes], parts)  # parts kept alive: id stays unique
+    _remember_state_types(parts, key[1], shapes)  # parts kept alive: their id stays unique
   expected = _STATE_TYPES[key][0]
   for i, (tx, want, got) in enumerate(zip(parts, expected, states)):
     if want is not type(got):
@@ -302,7 +310,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
   def add(p, u):
     if p is None:
       return None
-    return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+    dtype = jnp.result_type(p)
+    out = jnp.asarray(p + u)
+    return out if out.dtype == dtype else out.astype(dtype)
 
   from gradxform._tree import check_same_structure
   check_same_structure("apply_updates", params, updates, "params", "updates")

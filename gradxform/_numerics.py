@@ -34,11 +34,17 @@ def compute_dtype(*xs: Any) -> Any:
   return jnp.result_type(jnp.float32, *[x.dtype for x in xs])
 
 
+def cast(x: jax.Array, dtype: Any) -> jax.Array:
+  """`x` in `dtype`, adding no traced operation when it already is one (on trees of thousands
+  of leaves every no-op conversion is tracing time)."""
+  return x if x.dtype == dtype else x.astype(dtype)
+
+
 def ema(new: jax.Array, old: jax.Array, decay: Any) -> jax.Array:
   """`decay * old + (1 - decay) * new` in the compute dtype, returned in `old`'s dtype."""
   cd = compute_dtype(new, old)
-  out = decay * old.astype(cd) + (1.0 - decay) * new.astype(cd)
-  return out.astype(old.dtype)
+  out = decay * cast(old, cd) + (1.0 - decay) * cast(new, cd)
+  return cast(out, old.dtype)
 
 
 def scalar_dtype() -> Any:
@@ -79,7 +85,7 @@ def _is_number(x: Any) -> bool:
 
 def cast_like(tree: Any, like: Any) -> Any:
   """Casts each leaf of `tree` to the dtype of the matching leaf of `like`."""
-  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
+  return jax.tree.map(lambda x, y: cast(x, y.dtype), tree, like)
 
 
 def state_zeros(params: Any, state_dtype: Any = None) -> Any:

@@ -41,7 +41,7 @@ def bias_correction(decay: float) -> GradientTransformation:
     del params
     count = step_count(state, extra)
     corr = _numerics.one_minus_decay_power(decay, count + 1)
-    out = jax.tree.map(lambda u: (u / corr).astype(u.dtype), updates)
+    out = jax.tree.map(lambda u: _numerics.cast(u / corr, u.dtype), updates)
     return out, BiasCorrectionState(count=next_count(state, count))
 
   return GradientTransformation(init, update)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradxform import _check
+from gradxform import _check, _numerics
 from gradxform._base import EmptyState, GradientTransformation, transform
 
 
@@ -42,7 +42,7 @@ def clip(max_delta: float) -> GradientTransformation:
   """
   max_delta = _check.non_negative("clip", "max_delta", max_delta)
   return _stateless(lambda updates: jax.tree.map(
-      lambda u: jnp.clip(u, -max_delta, max_delta).astype(u.dtype), updates))
+      lambda u: _numerics.cast(jnp.clip(u, -max_delta, max_delta), u.dtype), updates))
 
 
 @transform
@@ -61,6 +61,6 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
   def apply(updates):
     norm = global_norm(updates)
     factor = jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1.0), 1.0)
-    return jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
+    return jax.tree.map(lambda u: _numerics.cast(u * factor, u.dtype), updates)
 
   return _stateless(apply)

@@ -59,7 +59,7 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
 
   def leaf(g, b, first):
     cd = _numerics.compute_dtype(g, b)
-    g32, b32 = g.astype(cd), b.astype(cd)
+    g32, b32 = _numerics.cast(g, cd), _numerics.cast(b, cd)
     if ema:
       new_b = decay * b32 + (1.0 - decay) * g32
       out = decay * new_b + (1.0 - decay) * g32 if nesterov else new_b
@@ -67,7 +67,7 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
       new_b = decay * b32 + g32 if undamped else jnp.where(
           first, g32, decay * b32 + (1.0 - dampening) * g32)
       out = g32 + decay * new_b if nesterov else new_b
-    return out.astype(g.dtype), new_b.astype(b.dtype)
+    return _numerics.cast(out, g.dtype), _numerics.cast(new_b, b.dtype)
 
   def update(updates, state, params=None, **extra):
     del params

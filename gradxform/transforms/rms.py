@@ -21,9 +21,9 @@ class RmsState(NamedTuple):
 
 
 def _denominator(v: jax.Array, eps: Any, eps_root: Any, eps_in_sqrt: bool) -> jax.Array:
-  if eps_in_sqrt:
-    return jnp.sqrt(v + eps_root + eps)
-  return jnp.sqrt(v + eps_root) + eps
+  if not (isinstance(eps_root, (int, float)) and eps_root == 0.0):  # skip adding a literal 0
+    v = v + eps_root
+  return jnp.sqrt(v + eps) if eps_in_sqrt else jnp.sqrt(v) + eps
 
 
 @transform(shares_count=True)
@@ -75,16 +75,16 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
 
     def leaf(u, g, nu, mu):
       cd = _numerics.compute_dtype(u, nu)
-      g = g.astype(cd)
-      new_nu = decay * nu.astype(cd) + (1.0 - decay) * g * g
-      v = new_nu / corr
+      g = _numerics.cast(g, cd)
+      new_nu = decay * _numerics.cast(nu, cd) + (1.0 - decay) * g * g
+      v = new_nu / corr if bias_correction else new_nu
       new_mu = mu
       if centered:
-        new_mu = decay * mu.astype(cd) + (1.0 - decay) * g
+        new_mu = decay * _numerics.cast(mu, cd) + (1.0 - decay) * g
         v = v - jnp.square(new_mu / corr)
-        new_mu = new_mu.astype(mu.dtype)
-      out = u.astype(cd) / _denominator(v, eps, eps_root, eps_in_sqrt)
-      return out.astype(u.dtype), new_nu.astype(nu.dtype), new_mu
+        new_mu = _numerics.cast(new_mu, mu.dtype)
+      out = _numerics.cast(u, cd) / _denominator(v, eps, eps_root, eps_in_sqrt)
+      return _numerics.cast(out, u.dtype), _numerics.cast(new_nu, nu.dtype), new_mu
 
     mus = state.mu if centered else jax.tree.map(lambda x: x, state.nu)
     out, nu, mu = _tree.map_unzip(leaf, 3, updates, grad, state.nu, mus)

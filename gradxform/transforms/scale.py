@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from gradxform import _check
+from gradxform import _check, _numerics
 from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, next_count,
                              step_count, transform)
 from gradxform._numerics import zero_count
@@ -19,7 +19,7 @@ class ScheduleState(NamedTuple):
 
 
 def _scaled(updates: Any, factor: Any) -> Any:
-  return jax.tree.map(lambda u: (factor * u).astype(u.dtype), updates)
+  return jax.tree.map(lambda u: _numerics.cast(factor * u, u.dtype), updates)
 
 
 @transform

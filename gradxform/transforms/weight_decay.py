@@ -32,9 +32,9 @@ def _add_scaled_params(where: str, rate: ScalarOrSchedule, mask: Mask | None) ->
     params = require_params(where, params)
     _tree.check_updates(where, params, updates, "params", "updates")
     if mask is None:
-      return jax.tree.map(lambda u, p: (u + value * p).astype(u.dtype), updates, params)
+      return jax.tree.map(lambda u, p: _numerics.cast(u + value * p, u.dtype), updates, params)
     flags = resolve_mask(where, mask, params)
-    return jax.tree.map(lambda u, p, m: (u + value * p).astype(u.dtype) if m else u,
+    return jax.tree.map(lambda u, p, m: _numerics.cast(u + value * p, u.dtype) if m else u,
                         updates, params, flags)
 
   if not callable(rate):
