@@ -295,7 +295,8 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
       "total_compile_s": t3 - t0, "step_s": step_s, "step_min_s": min(times), "reps": reps,
       "bytes_per_step": WORDS[opt] * 4 * n_params,
       "achieved_bytes_per_s": WORDS[opt] * 4 * n_params / step_s,
-      "kernels": kernels, "state_bytes": state_bytes, "state_bytes_per_param": state_bytes / n_params,
+      "kernels": kernels, "state_bytes": state_bytes,
+      "state_bytes_per_param": state_bytes / n_params,
       "algorithm_state_bytes": STATE_WORDS[opt] * 4 * n_params, "finite": finite,
   }
 
