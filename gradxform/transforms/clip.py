@@ -14,8 +14,13 @@ def global_norm(updates) -> jax.Array:
   leaves = jax.tree.leaves(updates)
   if not leaves:
     return jnp.zeros([], jnp.float32)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
-                      for x in leaves))
+  squares = jnp.stack([jnp.sum(jnp.square(_numerics.cast(x, jnp.promote_types(x.dtype,
+                                                                            jnp.float32))))
+                        for x in leaves])
+  # The per-leaf sums go through one stacked vector behind a barrier: added up as a chain of
+  # scalars, XLA:CPU fuses them into a single fusion whose compile time grows quadratically
+  # with the number of leaves (2,000 leaves: 15 s instead of 5 s for the norm alone).
+  return jnp.sqrt(jnp.sum(jax.lax.optimization_barrier(squares)))
 
 
 def _stateless(apply):
