@@ -53,6 +53,12 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
   summation order); transforms that look at individual leaves (per-leaf norms, per-leaf
   masks or labels) see a single leaf per dtype instead.
 
+  When to use it: on a GPU, where a step's cost is dominated by the number of arrays it
+  handles rather than by bytes (an H200, GPT-2-sized tree: Adam 1.6 ms flattened against
+  3.3–3.9 ms per leaf, and 1.5–3× shorter compiles). Not on CPU for many-leaf trees, nor for
+  tens of thousands of leaves anywhere: splitting the buffer back into the tree's leaves makes
+  one distinct kernel per leaf, which XLA compiles one by one.
+
   Args:
     inner: the transform to run on the flat buffers.
 
