@@ -3,8 +3,9 @@
 A rule's score on a task is its final loss after `task.steps` full-batch steps from the task's
 start, the minimum over the learning-rate grid; a non-finite loss (or parameters) scores +inf,
 so a diverging rule is a failed candidate and never stops the search. All of a population's
-rules × learning rates train in one jitted program: the rule's indices are traced, each choice
-in the DSL is a `lax.switch`, and `jax.vmap` turns it into a select over the branches.
+rules × learning rates train in one jitted program written for a population (`slots.py`:
+choices looked up once, two EMA slots per candidate, `pow` only where used); one rule alone
+trains with the reference form (`rule_transform`, each choice a `lax.switch`).
 
 `Objective` combines tasks into one fitness (lower is better):
 `mean_t log10(max((best_loss_t − floor_t) / (initial_loss_t − floor_t), 1e-8))`, the average
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform._base import GradientTransformation
+from gradxform.search import slots
 from gradxform.search.dsl import FIELDS, Rule, rule_transform, validate
 from gradxform.search.tasks import Task
 
@@ -66,11 +68,18 @@ class Evaluator:
   """Jitted scorers of rules on one task, over a grid of learning rates.
 
   `population(rules)` trains all `P × L` (rule, learning rate) pairs in one program and returns
-  the `[P, L]` final losses; `single(rule, lr)` trains one pair (the same code, not vmapped).
+  the `[P, L]` final losses; `single(rule, lr)` trains one pair with the reference form of the
+  rule (`rule_transform`: `lax.switch`, only the chosen branches run).
+
+  The population program (`slots.population_losses`) looks each rule's choices up once,
+  keeps only the EMAs each candidate's operands need (two slots and Adam's second moment, not
+  nine buffers), and runs the `pow` branches only on the candidates that use them (sorted
+  first, `buckets` prefix sizes). `reference_population(rules)` is the former program, `vmap`
+  of the reference form with every branch computed; kept for tests and comparisons.
   """
 
   def __init__(self, task: Task, learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES, *,
-               seed: int = 0):
+               seed: int = 0, buckets: int = 8):
     self.task = task
     self.learning_rates = jnp.asarray(learning_rates, jnp.float32)
     self.seed = seed
@@ -78,16 +87,35 @@ class Evaluator:
     def one(ix, lr, every_branch=False):
       return train_rule(task, ix, lr, seed=seed, every_branch=every_branch)
 
-    def population(rules, lrs):
+    def reference(rules, lrs):
       return jax.vmap(lambda ix: jax.vmap(lambda lr: one(ix, lr, True))(lrs))(rules)
 
+    def population(rules, lrs, n_power):
+      return slots.population_losses(task, rules, lrs, seed=seed, n_power=n_power,
+                                     buckets=buckets)
+
     self._population = jax.jit(population)
+    self._reference = jax.jit(reference)
     self._single = jax.jit(one)
 
   def population(self, rules: Any) -> np.ndarray:
     """`[P, L]` final losses of each rule (rows of six validated indices) at each rate."""
+    rules = np.asarray(rules, np.int32).reshape(-1, len(FIELDS))
+    lrs = np.asarray(self.learning_rates)
+    cand_rules = np.repeat(rules, len(lrs), 0)           # candidate c = (rule c // L, lr c % L)
+    cand_lrs = np.tile(lrs, len(rules))
+    needs = slots.uses_power(cand_rules).any(1)
+    order = np.argsort(~needs, kind="stable")             # power users first
+    out = np.empty(len(cand_rules), np.float32)
+    out[order] = np.asarray(self._population(jnp.asarray(cand_rules[order]),
+                                             jnp.asarray(cand_lrs[order]),
+                                             jnp.int32(needs.sum())))
+    return out.reshape(len(rules), len(lrs))
+
+  def reference_population(self, rules: Any) -> np.ndarray:
+    """`[P, L]` losses from `vmap` of the reference form (every branch computed)."""
     rules = jnp.asarray(np.asarray(rules, np.int32))
-    return np.asarray(self._population(rules, self.learning_rates))
+    return np.asarray(self._reference(rules, self.learning_rates))
 
   def single(self, rule: Any, learning_rate: float) -> float:
     return float(self._single(jnp.asarray(np.asarray(rule, np.int32)),
@@ -163,24 +191,31 @@ def benchmark(task: Task, rules: Sequence[Any], *, learning_rate: float = 1e-2, 
               repeats: int = 3) -> dict[str, float]:
   """Candidate-steps per second: one vmapped program vs a Python loop of jitted single runs.
 
-  Both paths are compiled before timing; each is timed `repeats` times and the best kept.
+  The loop is timed two ways, and the faster one is the baseline. `loop_switch` calls the
+  one-rule program (`Evaluator.single`, a `lax.switch` per choice). `loop_slots` calls the
+  population program itself with one candidate at a time. All programs are compiled before
+  timing. Each is timed `repeats` times, alternating between them so that a burst of load
+  from another process hits all of them, and the best time of each is kept.
   """
   rules = np.array([validate(r) for r in rules], np.int32)  # type: ignore[assignment]
   ev = Evaluator(task, [learning_rate], seed=seed)
   ev.population(rules)                       # compile
   ev.single(rules[0], learning_rate)
+  ev.population(rules[:1])                   # compile the one-candidate population program
 
   def timed(fn):
-    best = np.inf
-    for _ in range(repeats):
-      start = time.perf_counter()
-      fn()
-      best = min(best, time.perf_counter() - start)
-    return best
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
-  t_pop = timed(lambda: ev.population(rules))
-  t_loop = timed(lambda: [ev.single(r, learning_rate) for r in rules])
+  t_pop = t_switch = t_slots = np.inf
+  for _ in range(repeats):
+    t_pop = min(t_pop, timed(lambda: ev.population(rules)))
+    t_switch = min(t_switch, timed(lambda: [ev.single(r, learning_rate) for r in rules]))
+    t_slots = min(t_slots, timed(lambda: [ev.population(r[None]) for r in rules]))
+  t_loop = min(t_switch, t_slots)
   work = len(rules) * task.steps
   return {"population": len(rules), "steps": task.steps, "vmapped_s": t_pop, "loop_s": t_loop,
+          "loop_switch_s": t_switch, "loop_slots_s": t_slots,
           "vmapped_candidate_steps_per_s": work / t_pop,
           "loop_candidate_steps_per_s": work / t_loop, "speedup": t_loop / t_pop}

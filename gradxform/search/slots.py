@@ -1,0 +1,316 @@
+"""The population program: a whole population of rules trained in one jitted program.
+
+`Evaluator.population` trains every (rule, learning rate) candidate of a population together.
+The reference form of a rule, `dsl.rule_transform`, keeps every operand's accumulator (six
+EMAs, Adam's two moments, RMSprop's one) whatever the rule reads, because one state structure
+must serve every rule; `vmap` of it (the former population program, still
+`Evaluator.reference_population`) updates nine parameter-sized buffers per candidate and
+computes every DSL branch. This module is written for a population instead:
+
+* Choices and layout: each choice of a rule is a per-candidate vector looked up once before
+  training (`Choices`); looked up inside the step, the gather ended up in every elementwise
+  loop (one per element) and XLA:CPU did not vectorize it. Parameters, gradients and slots
+  are `[C, N]`, the layout XLA returns the batched gradient in; below 8 parameters
+  (Rosenbrock) they are `[N, C]`, candidates last (see `population_losses`).
+* State: a candidate reads at most two operands, and every stateful operand is one EMA of
+  `g`, `g²` or `g³` (`m, v, c` and their `_999` forms, `sign(m)`, `sign(g)*sign(m)`,
+  RMSprop's `ν`, Adam's `m`) plus, for Adam only, its second moment. So each candidate
+  carries slot `a1` / `a2`, the EMA its first / second operand needs, with that candidate's
+  `β`, power `g^k` and form: `a ← β a + ((1 − β) x) y`, where `x = g^k, y = 1` is
+  `scale_by_momentum(β, ema=True)`'s `β a + (1 − β) g^k` and `x = y = g` is `scale_by_rms`'s
+  `β ν + (1 − β) g g` (the same operations in the same order; multiplying by 1 is exact);
+  and slot `b`, Adam's second moment, shared by both operands because it is the same for
+  both. Three buffers instead of nine.
+* Shared values: the noise operand, `drop`'s masks, the decay factors and Adam's bias
+  corrections depend on the step only; they are computed for every step before the loop
+  (`shared_values`, the same calls `rule_transform` makes) and indexed inside it.
+* `pow`: the `exp` unary (`e ** x`, as in the library's PowerSign, which keeps PowerSign
+  bit-exact) and the binary `x ^ y` are scalar library calls on CPU, several times the cost
+  of every other branch together. `Evaluator` sorts the candidates that use one first and
+  `tail_prefix` runs the power branches only on that prefix (rounded up to one of `buckets`
+  sizes, one `lax.switch` branch each); the others get the same values without them, because
+  `select_n` never reads a branch that is not chosen.
+
+Every branch a candidate uses is computed by the same operations as in `rule_transform`. XLA
+compiles the two programs differently (LLVM fuses a multiply and an add into an FMA, or
+`x / sqrt(y)` into `x * rsqrt(y)`, depending on the surrounding fusion), so results agree to
+rounding, not always bit for bit: on Rosenbrock (elementwise) the population equals the
+single runs to about 1e-6 (bit-equal on most rules); on the tasks with matrix products, a
+batched GEMM sums in another order than the single run's GEMV, as it did in the former
+program too (see tests/test_search.py and docs/notes/search-performance.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradxform import _numerics
+from gradxform.search.dsl import (_DIV_DELTA, _DROP_KEEP, _NOISE_VARIANCE, BINARY, OPERANDS,
+                                  UNARY, _sign_decays)
+from gradxform.transforms.noise import add_gradient_noise, noise_key
+
+_O = {name: i for i, name in enumerate(OPERANDS)}
+EXP = [name for name, _ in UNARY].index("exp")
+POW = [name for name, _ in BINARY].index("pow")
+LEFT = [name for name, _ in BINARY].index("left")
+
+# What an operand is made of: which of `_CASES` it is, and the EMA slot it needs.
+_CASES = ("g", "g^2", "g^3", "ema", "sign(g)", "sign(ema)", "sign(g)*sign(ema)", "adam",
+          "rmsprop", "1", "2", "noise")
+
+
+def _operand_table() -> dict[str, np.ndarray]:
+  """Per operand index: case, slot decay β, 1 − β (as Python computes it), power, rms form."""
+  case = np.zeros(len(OPERANDS), np.int32)
+  beta = np.zeros(len(OPERANDS), np.float32)
+  one_minus = np.zeros(len(OPERANDS), np.float32)
+  power = np.zeros(len(OPERANDS), np.int32)
+  rms_form = np.zeros(len(OPERANDS), bool)
+
+  def slot(i, b, k=0, rms=False):
+    beta[i], one_minus[i], power[i], rms_form[i] = b, 1.0 - b, k, rms
+
+  for i, name in enumerate(("g", "g^2", "g^3")):
+    case[_O[name]] = i
+  for k, base in enumerate(("m", "v", "c")):
+    for name, b in ((base, 0.9), (base + "_999", 0.999)):
+      case[_O[name]] = _CASES.index("ema")
+      slot(_O[name], b, k)
+  case[_O["sign(g)"]] = _CASES.index("sign(g)")
+  for name, c in (("sign(m)", "sign(ema)"), ("sign(g)*sign(m)", "sign(g)*sign(ema)"),
+                  ("adam", "adam")):
+    case[_O[name]] = _CASES.index(c)
+    slot(_O[name], 0.9)                              # m, β = 0.9 (Adam's first moment too)
+  case[_O["rmsprop"]] = _CASES.index("rmsprop")
+  slot(_O["rmsprop"], 0.9, rms=True)                 # scale_by_rms(0.9)'s ν
+  for name in ("1", "2", "noise"):
+    case[_O[name]] = _CASES.index(name)
+  return {"case": case, "beta": beta, "one_minus": one_minus, "power": power,
+          "rms_form": rms_form}
+
+
+OPERAND_TABLE = _operand_table()
+_ADAM_B2, _ADAM_B1, _ROOT_EPS = 0.999, 0.9, 1e-8
+_LAST_BELOW = 8       # candidates last below this many parameters (see population_losses)
+
+
+def uses_power(rules: np.ndarray) -> np.ndarray:
+  """`[P, 3]` booleans: does each rule evaluate `e ** o1`, `e ** o2`, `y1 ^ y2`."""
+  rules = np.asarray(rules)
+  bi = rules[:, 4]
+  return np.stack([rules[:, 1] == EXP, (bi != LEFT) & (rules[:, 3] == EXP), bi == POW], -1)
+
+
+class SlotState(NamedTuple):
+  """Per candidate: the EMA slots of its two operands and Adam's second moment."""
+  a1: jax.Array
+  a2: jax.Array
+  b: jax.Array
+
+
+class StepShared(NamedTuple):
+  """Values of one step that every candidate shares (computed once, not per candidate)."""
+  decay: jax.Array     # [4] f(t) of each decay function
+  corr1: jax.Array     # 1 − 0.9^(t+1)
+  corr2: jax.Array     # 1 − 0.999^(t+1)
+  noise: jax.Array     # the noise operand, like params
+  keep1: jax.Array     # drop's keep mask of u1, like params
+  keep2: jax.Array     # drop's keep mask of u2
+
+
+def shared_values(params: jax.Array, count: jax.Array, *, decay_steps: int,
+                  seed: int) -> StepShared:
+  """The step's unbatched values, by the same calls as `rule_transform` makes."""
+  dtype = _numerics.scalar_dtype()
+  decay = jnp.stack([jnp.asarray(fn(count), dtype) for fn in _sign_decays(decay_steps)])
+  noise_tx = add_gradient_noise(_NOISE_VARIANCE, 0.0, seed)
+  noise_state = noise_tx.init(params)._replace(count=count)
+  noise, _ = noise_tx.update(jnp.zeros_like(params), noise_state)
+  keys = jax.random.split(jax.random.fold_in(noise_key(seed, count), 1), 2)
+  shape = jnp.shape(params)
+  return StepShared(decay=decay,
+                    corr1=_numerics.one_minus_decay_power(_ADAM_B1, count + 1),
+                    corr2=_numerics.one_minus_decay_power(_ADAM_B2, count + 1),
+                    noise=noise,
+                    keep1=jax.random.bernoulli(keys[0], _DROP_KEEP, shape),
+                    keep2=jax.random.bernoulli(keys[1], _DROP_KEEP, shape))
+
+
+def _select(index: jax.Array, cases: list[jax.Array]) -> jax.Array:
+  """`cases[index]` elementwise, broadcasting the index and the cases to one shape."""
+  index, *cases = jnp.broadcast_arrays(index, *cases)
+  return jax.lax.select_n(index, *cases)
+
+
+class Choices(NamedTuple):
+  """A population's rules as per-candidate vectors `[C]`, looked up once before training.
+
+  Looking the tables up inside the step would put a gather in every elementwise loop (one per
+  element, which keeps XLA:CPU from vectorizing it); these are plain loop-invariant vectors.
+  """
+  case1: jax.Array      # which of `_CASES` operand 1 is
+  case2: jax.Array
+  beta1: jax.Array      # slot a1: β, 1 − β, power of g, rms form
+  one_minus1: jax.Array
+  power1: jax.Array
+  rms1: jax.Array
+  beta2: jax.Array
+  one_minus2: jax.Array
+  power2: jax.Array
+  rms2: jax.Array
+  unary1: jax.Array
+  unary2: jax.Array
+  binary: jax.Array
+  decay: jax.Array
+
+
+def choices(rules: jax.Array) -> Choices:
+  """The `Choices` of `[C, 6]` rule indices."""
+  rules = jnp.asarray(rules)
+  t = {k: jnp.asarray(v) for k, v in OPERAND_TABLE.items()}
+  o1, o2 = rules[:, 0], rules[:, 2]
+  return Choices(case1=t["case"][o1], case2=t["case"][o2],
+                 beta1=t["beta"][o1], one_minus1=t["one_minus"][o1], power1=t["power"][o1],
+                 rms1=t["rms_form"][o1],
+                 beta2=t["beta"][o2], one_minus2=t["one_minus"][o2], power2=t["power"][o2],
+                 rms2=t["rms_form"][o2],
+                 unary1=rules[:, 1], unary2=rules[:, 3], binary=rules[:, 4], decay=rules[:, 5])
+
+
+def head(g: jax.Array, state: SlotState, ch: Choices,
+         shared: StepShared) -> tuple[jax.Array, jax.Array, SlotState]:
+  """The operands `o1` and `f(t)·o2` of a population's candidates and their new slots.
+
+  Elementwise and broadcasting: `g` and the slots are `[C, N]` with `ch`'s fields `[C, 1]`
+  and `shared`'s arrays `[N]`, or `[N, C]` with `[C]` and `[N, 1]` (see `population_losses`).
+  """
+  g2, g3 = jnp.square(g), g * g * g
+  sg = jnp.sign(g)
+  b = _ADAM_B2 * state.b + ((1.0 - _ADAM_B2) * g) * g       # scale_by_rms(0.999)'s ν
+  ones, twos = jnp.ones_like(g), jnp.full_like(g, 2.0)
+
+  def operand(a, case, beta, one_minus, power, rms_form):
+    x = _select(power, [g, g2, g3])
+    a = beta * a + (one_minus * x) * jnp.where(rms_form, g, ones)
+    adam = (a / shared.corr1) / (jnp.sqrt(b / shared.corr2) + _ROOT_EPS)   # m̂ / (√v̂ + ε)
+    rms = g / jnp.sqrt(a + _ROOT_EPS)                                    # g / √(ν + ε)
+    sa = jnp.sign(a)
+    cases = [g, g2, g3, a, sg, sa, sg * sa, adam, rms, ones, twos, shared.noise]
+    return _select(case, cases), a
+
+  x1, a1 = operand(state.a1, ch.case1, ch.beta1, ch.one_minus1, ch.power1, ch.rms1)
+  x2, a2 = operand(state.a2, ch.case2, ch.beta2, ch.one_minus2, ch.power2, ch.rms2)
+  f = _select(ch.decay, list(shared.decay))
+  return x1, f * x2, SlotState(a1=a1, a2=a2, b=b)
+
+
+def _unary(x: jax.Array, keep: jax.Array, exp: bool) -> list[jax.Array]:
+  return [x, -x, math.e ** x if exp else x, jnp.log(jnp.abs(x)), jnp.sqrt(jnp.abs(x)),
+          jnp.clip(x, -1.0, 1.0), jnp.sign(x), jnp.where(keep, x, 0.0), 1.0 + x]
+
+
+def tail(x1: jax.Array, x2: jax.Array, ch: Choices, shared: StepShared,
+         sites: tuple[bool, bool, bool] = (True, True, True)) -> jax.Array:
+  """One candidate's direction `b(u1(x1), u2(x2))`; `sites[i]` False skips power site i.
+
+  A skipped site's branch is replaced by a placeholder, so only candidates that do not use it
+  may be computed with it off.
+  """
+  u1, u2, bi = ch.unary1, ch.unary2, ch.binary
+  y1 = _select(u1, _unary(x1, shared.keep1, sites[0]))
+  y2 = _select(u2, _unary(x2, shared.keep2, sites[1]))
+  branches = [y1 + y2, y1 - y2, y1 * y2, y1 / (y2 + _DIV_DELTA), y1 ** y2 if sites[2] else y1,
+              y1]
+  return _select(bi, branches)
+
+
+def tail_prefix(x1: jax.Array, x2: jax.Array, ch: Choices, shared: StepShared,
+                n_power: jax.Array, buckets: int, *, axis: int = -1) -> jax.Array:
+  """`tail` over candidates (along `axis`) whose power users come first (`n_power` of them).
+
+  The power branches run on the first `⌈n_power / q⌉ · q` candidates only (`q = ⌈C /
+  buckets⌉`, one `lax.switch` branch per prefix length); every other candidate gets the same
+  value from the tail without them, because `select_n` never reads a branch not chosen.
+  """
+  n = x1.shape[axis]
+  q = -(-n // buckets)
+  sizes = sorted({min(k * q, n) for k in range(buckets + 1)})
+  off, on = (False, False, False), (True, True, True)
+
+  def part(x, lo, hi):
+    return jax.lax.slice_in_dim(x, lo, hi, axis=axis % x.ndim)
+
+  def branch(m):
+    def run(x1, x2):
+      if m == 0:
+        return tail(x1, x2, ch, shared, off)
+      if m == n:
+        return tail(x1, x2, ch, shared, on)
+      first = tail(part(x1, 0, m), part(x2, 0, m), Choices(*(c[:m] for c in ch)), shared, on)
+      rest = tail(part(x1, m, n), part(x2, m, n), Choices(*(c[m:] for c in ch)), shared, off)
+      return jnp.concatenate([first, rest], axis)
+    return run
+
+  index = jnp.searchsorted(jnp.asarray(sizes), n_power)     # smallest prefix holding them all
+  return jax.lax.switch(index, [branch(m) for m in sizes], x1, x2)
+
+
+def population_losses(task: Any, rules: jax.Array, lrs: jax.Array, *, seed: int = 0,
+                      n_power: jax.Array | None = None, buckets: int = 8,
+                      candidates_last: bool | None = None) -> jax.Array:
+  """`[C]` final losses of candidates `(rules[c], lrs[c])`, +inf where non-finite.
+
+  Layout: `[C, N]` parameters and slots (candidates first), the layout in which XLA returns
+  the batched gradient, with per-candidate choices as `[C, 1]` columns; or, with
+  `candidates_last` (the default below `_LAST_BELOW` parameters), `[N, C]` with choices as
+  `[C]` vectors. Candidates last was slower wherever the gradient has to be read transposed
+  (logreg, P = 64: 306 vs 236 ns per candidate-step; MLP, P = 640: 45.8 vs 35.7 µs) and as
+  fast on 2-D Rosenbrock, where it also reproduced the single runs bit for bit in the tests
+  (candidates first differed on one exploding rule: LLVM contracts multiply-adds into FMAs
+  differently in the two layouts).
+  With `n_power` (the first `n_power` candidates are the only ones using a power branch,
+  see `uses_power`), power branches run only on a prefix (see `tail_prefix`).
+  """
+  n = rules.shape[0]
+  params0 = jnp.asarray(task.params)
+  if params0.ndim != 1:
+    raise ValueError(f"population_losses: task {task.name!r} must have flat (1-D) parameters, "
+                     f"got shape {params0.shape}")
+  last = params0.shape[0] < _LAST_BELOW if candidates_last is None else candidates_last
+  axis = 1 if last else 0                      # the candidate axis of [N, C] / [C, N]
+  grad = jax.vmap(jax.grad(task.loss), in_axes=axis, out_axes=axis)
+  zeros = jnp.zeros((params0.shape[0], n) if last else (n, params0.shape[0]), params0.dtype)
+  ch = choices(rules)
+  if not last:
+    ch = Choices(*(c[:, None] for c in ch))
+    lrs = lrs[:, None]
+
+  # Every step's shared values at once (random bits, decay factors): they depend on the step
+  # only, and one batched computation replaces ~30 small kernels and 7 loops in every step.
+  table = jax.vmap(lambda c: shared_values(params0, c, decay_steps=task.steps, seed=seed))(
+      jnp.arange(task.steps))
+  if last:
+    table = table._replace(noise=table.noise[..., None], keep1=table.keep1[..., None],
+                           keep2=table.keep2[..., None])
+
+  def body(count, carry):
+    p, s = carry
+    g = grad(p)
+    shared = StepShared(*(a[count] for a in table))
+    x1, x2, s = head(g, s, ch, shared)
+    if n_power is None:
+      d = tail(x1, x2, ch, shared)
+    else:
+      d = tail_prefix(x1, x2, ch, shared, n_power, buckets, axis=axis)
+    return p + (-lrs) * d, s
+
+  p0 = jnp.broadcast_to(params0[:, None] if last else params0, zeros.shape)
+  p, _ = jax.lax.fori_loop(0, task.steps, body, (p0, SlotState(zeros, zeros, zeros)))
+  loss = jax.vmap(task.loss, in_axes=axis)(p)
+  ok = jnp.isfinite(loss) & jnp.all(jnp.isfinite(p), 1 - axis)
+  return jnp.where(ok, loss, jnp.inf)
