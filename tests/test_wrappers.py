@@ -181,6 +181,22 @@ def test_clip_by_global_norm_against_numpy(max_norm):
   np.testing.assert_allclose(float(gx.global_norm(u)), min(norm, max_norm), rtol=1e-3)
 
 
+def test_global_norm_of_many_leaves_against_numpy():
+  # The norm sums per-leaf squares through one stacked vector behind an optimization barrier
+  # (a compile-time fast path): check it jitted, vmapped and differentiated on 300 leaves.
+  rng = np.random.default_rng(0)
+  leaves = {f"w{i:03d}": rng.normal(size=(i % 7 + 1, 3)).astype(np.float32) for i in range(300)}
+  flat = np.concatenate([x.astype(np.float64).ravel() for x in leaves.values()])
+  norm = np.linalg.norm(flat)
+  tree = jax.tree.map(jnp.asarray, leaves)
+  np.testing.assert_allclose(float(jax.jit(gx.global_norm)(tree)), norm, rtol=1e-6)
+  grads = jax.grad(gx.global_norm)(tree)
+  for k, x in leaves.items():
+    np.testing.assert_allclose(grads[k], x / norm, rtol=1e-5, atol=1e-7)
+  batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tree)
+  np.testing.assert_allclose(jax.vmap(gx.global_norm)(batch), [norm, 2 * norm], rtol=1e-6)
+
+
 def test_gradient_noise_reproducible_and_annealed():
   from gradxform.transforms.noise import noise_key
   g = {"a": jnp.zeros(3), "b": jnp.zeros((2,))}
