@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform._equality import Fn, factory_key
+from gradxform._numerics import cast
 
 PyTree = Any
 Params = Any
@@ -310,9 +311,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
   def add(p, u):
     if p is None:
       return None
-    dtype = jnp.result_type(p)
-    out = jnp.asarray(p + u)
-    return out if out.dtype == dtype else out.astype(dtype)
+    return cast(jnp.asarray(p + u), jnp.result_type(p))
 
   from gradxform._tree import check_same_structure
   check_same_structure("apply_updates", params, updates, "params", "updates")

@@ -77,11 +77,12 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
       cd = _numerics.compute_dtype(u, nu)
       g = _numerics.cast(g, cd)
       new_nu = decay * _numerics.cast(nu, cd) + (1.0 - decay) * g * g
-      v = new_nu / corr if bias_correction else new_nu
+      unbiased = (lambda x: x / corr) if bias_correction else (lambda x: x)
+      v = unbiased(new_nu)
       new_mu = mu
       if centered:
         new_mu = decay * _numerics.cast(mu, cd) + (1.0 - decay) * g
-        v = v - jnp.square(new_mu / corr)
+        v = v - jnp.square(unbiased(new_mu))
         new_mu = _numerics.cast(new_mu, mu.dtype)
       out = _numerics.cast(u, cd) / _denominator(v, eps, eps_root, eps_in_sqrt)
       return _numerics.cast(out, u.dtype), _numerics.cast(new_nu, nu.dtype), new_mu
