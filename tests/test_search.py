@@ -59,6 +59,21 @@ def test_decay_functions_match_the_library():
                                np.broadcast_to(np.asarray(theirs(t)), t.shape), atol=1e-6)
 
 
+def test_power_matches_numpy_pow():
+  """The DSL's `x ^ y` (exp/log form) against NumPy's float64 `pow`, signs and special values."""
+  bases = np.array([-3.0, -1.5, -1.0, -0.25, 0.0, 0.3, 1.0, 2.5, 7.0, np.inf], np.float32)
+  exps = np.array([-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 2.7, -1.3, 7.0],
+                  np.float32)
+  x, y = (a.ravel() for a in np.meshgrid(bases, exps))
+  got = np.asarray(jax.jit(search.dsl.power)(jnp.asarray(x), jnp.asarray(y)))
+  with np.errstate(all="ignore"):
+    want = np.power(x.astype(np.float64), y.astype(np.float64))
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+  finite = np.isfinite(want)
+  np.testing.assert_array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+  np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=0)
+
+
 def test_heavy_ball_momentum_is_ema_momentum_with_scaled_lr():
   # b ← μb + g and m ← μm + (1−μ)g give m = (1−μ)b, so η·b = (η/(1−μ))·m.
   _assert_same(_run(search.rule_optimizer(K["momentum_ema"], 0.1 / (1 - 0.9))),

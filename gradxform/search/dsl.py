@@ -25,8 +25,9 @@ gradient before use; `m` is the β = 0.9 EMA of `g`, as PowerSign's):
 
 Unary: `x, −x, exp(x), log|x|, √|x|, clip(x, 1)` (to [−1, 1]), `sign(x)`, `drop(x, 0.5)`
 (each coordinate zeroed with probability ½, not rescaled; Bello's "drop"), and `1 + x`.
-Binary: `x + y, x − y, x · y, x / (y + 1e-8), x ^ y` (plain power: NaN for a negative base
-and a fractional exponent, scored as a failure), and `x` (keep left; `o2`, `u2`, `f` unused).
+Binary: `x + y, x − y, x · y, x / (y + 1e-8), x ^ y` (plain power, computed as
+`± exp(y · log|x|)` (`power`): NaN for a negative base and a fractional exponent, scored as a
+failure), and `x` (keep left; `o2`, `u2`, `f` unused).
 Decay `f(t)` (ALGORITHMS.md, step t = 0 at the first update, `T = decay_steps`): `1`,
 linear `ld`, cosine `cd` (half a period), restart `rd` (4 periods); it multiplies the second
 operand, so PowerSign-ld is `g · exp(ld(t) · sign(g)·sign(m))`.
@@ -242,7 +243,7 @@ def _unary(x: jax.Array, keep: Callable[[], jax.Array]) -> list[Callable[[], jax
   return [
       lambda: x,
       lambda: -x,
-      lambda: math.e ** x,     # as `sign_agreement` writes base**s: PowerSign stays bit-exact
+      lambda: jnp.exp(x),      # as `sign_agreement` computes e^s: PowerSign stays bit-exact
       lambda: jnp.log(jnp.abs(x)),
       lambda: jnp.sqrt(jnp.abs(x)),
       lambda: jnp.clip(x, -1.0, 1.0),
@@ -252,9 +253,26 @@ def _unary(x: jax.Array, keep: Callable[[], jax.Array]) -> list[Callable[[], jax
   ]
 
 
+def power(x: jax.Array, y: jax.Array) -> jax.Array:
+  """`x ^ y`, computed as `± exp(y · log|x|)`, the DSL's power.
+
+  XLA:CPU lowers `pow` to a scalar library call (about 3.4 ns an element, eight times an
+  `exp`); this form vectorizes. Signs and special values follow `pow`: a negative base gives
+  `−|x|^y` for odd integer `y`, `|x|^y` for even, NaN for a fractional `y`; `x ^ 0 = 1`;
+  `0 ^ y` is 0 for `y > 0` and +inf for `y < 0`. Within a few ulps of `pow` for moderate
+  `|y · log|x||` (relative error grows like that product times float32's epsilon).
+  """
+  magnitude = jnp.exp(y * jnp.log(jnp.abs(x)))
+  integer = jnp.floor(y) == y
+  odd = integer & (2.0 * jnp.floor(0.5 * y) != y)
+  value = jnp.where((x < 0) & odd, -magnitude, magnitude)
+  value = jnp.where((x < 0) & ~integer, jnp.nan, value)
+  return jnp.where(y == 0, jnp.ones_like(value), value)
+
+
 def _binary(a: jax.Array, b: jax.Array) -> list[Callable[[], jax.Array]]:
   return [lambda: a + b, lambda: a - b, lambda: a * b, lambda: a / (b + _DIV_DELTA),
-          lambda: a ** b, lambda: a]
+          lambda: power(a, b), lambda: a]
 
 
 def _choose(index: Any, branches: list[Callable[[], jax.Array]], every: bool) -> jax.Array:

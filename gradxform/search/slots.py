@@ -24,9 +24,9 @@ computes every DSL branch. This module is written for a population instead:
 * Shared values: the noise operand, `drop`'s masks, the decay factors and Adam's bias
   corrections depend on the step only; they are computed for every step before the loop
   (`shared_values`, the same calls `rule_transform` makes) and indexed inside it.
-* `pow`: the `exp` unary (`e ** x`, as in the library's PowerSign, which keeps PowerSign
-  bit-exact) and the binary `x ^ y` are scalar library calls on CPU, several times the cost
-  of every other branch together. `Evaluator` sorts the candidates that use one first and
+* Power branches: the `exp` unary and the binary `x ^ y` (`dsl.power`, an `exp` of a `log`)
+  are the costliest branches, two or three transcendentals an element where every other
+  branch is one operation. `Evaluator` sorts the candidates that use one first and
   `tail_prefix` runs the power branches only on that prefix (rounded up to one of `buckets`
   sizes, one `lax.switch` branch each); the others get the same values without them, because
   `select_n` never reads a branch that is not chosen.
@@ -42,7 +42,6 @@ program too (see tests/test_search.py and docs/notes/search-performance.md).
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -51,7 +50,7 @@ import numpy as np
 
 from gradxform import _numerics
 from gradxform.search.dsl import (_DIV_DELTA, _DROP_KEEP, _NOISE_VARIANCE, BINARY, OPERANDS,
-                                  UNARY, _sign_decays)
+                                  UNARY, _sign_decays, power)
 from gradxform.transforms.noise import add_gradient_noise, noise_key
 
 _O = {name: i for i, name in enumerate(OPERANDS)}
@@ -100,7 +99,7 @@ _LAST_BELOW = 8       # candidates last below this many parameters (see populati
 
 
 def uses_power(rules: np.ndarray) -> np.ndarray:
-  """`[P, 3]` booleans: does each rule evaluate `e ** o1`, `e ** o2`, `y1 ^ y2`."""
+  """`[P, 3]` booleans: does each rule evaluate `exp(o1)`, `exp(o2)`, `y1 ^ y2`."""
   rules = np.asarray(rules)
   bi = rules[:, 4]
   return np.stack([rules[:, 1] == EXP, (bi != LEFT) & (rules[:, 3] == EXP), bi == POW], -1)
@@ -210,7 +209,7 @@ def head(g: jax.Array, state: SlotState, ch: Choices,
 
 
 def _unary(x: jax.Array, keep: jax.Array, exp: bool) -> list[jax.Array]:
-  return [x, -x, math.e ** x if exp else x, jnp.log(jnp.abs(x)), jnp.sqrt(jnp.abs(x)),
+  return [x, -x, jnp.exp(x) if exp else x, jnp.log(jnp.abs(x)), jnp.sqrt(jnp.abs(x)),
           jnp.clip(x, -1.0, 1.0), jnp.sign(x), jnp.where(keep, x, 0.0), 1.0 + x]
 
 
@@ -224,8 +223,8 @@ def tail(x1: jax.Array, x2: jax.Array, ch: Choices, shared: StepShared,
   u1, u2, bi = ch.unary1, ch.unary2, ch.binary
   y1 = _select(u1, _unary(x1, shared.keep1, sites[0]))
   y2 = _select(u2, _unary(x2, shared.keep2, sites[1]))
-  branches = [y1 + y2, y1 - y2, y1 * y2, y1 / (y2 + _DIV_DELTA), y1 ** y2 if sites[2] else y1,
-              y1]
+  branches = [y1 + y2, y1 - y2, y1 * y2, y1 / (y2 + _DIV_DELTA),
+              power(y1, y2) if sites[2] else y1, y1]
   return _select(bi, branches)
 
 

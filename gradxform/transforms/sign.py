@@ -27,7 +27,9 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
   """Scales each update up where the gradient agrees in sign with its moving average.
 
   `m ← β m + (1 − β) g` (including the current `g`), `s = f(t) · sign(g) · sign(m)`;
-  PowerSign (`mode="power"`): output `base^s · u`; AddSign (`mode="add"`): `(α + s) · u`.
+  PowerSign (`mode="power"`): output `base^s · u`, computed as `exp(s · ln base)` (on CPU,
+  XLA's `pow` is a scalar library call, `exp` a vectorized loop); AddSign (`mode="add"`):
+  `(α + s) · u`.
   `f(t) = decay_fn(step)` with `step` = 0 on the first update (see `linear_sign_decay`,
   `cosine_sign_decay`, `restart_sign_decay`), or 1 when `decay_fn` is None.
 
@@ -48,6 +50,7 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
   where = "sign_agreement"
   _check.one_of(where, "mode", mode, ("power", "add"))
   base = _check.positive(where, "base", base)
+  log_base = math.log(base) if isinstance(base, (int, float)) else jnp.log(base)  # or traced
   alpha = _check.non_negative(where, "alpha", alpha)
   beta = _check.unit_interval(where, "beta", beta)
   state_dtype = _check.state_dtype(where, state_dtype)
@@ -71,7 +74,7 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
       g = g.astype(cd)
       new_m = beta * m.astype(cd) + (1.0 - beta) * g
       s = f * jnp.sign(g) * jnp.sign(new_m)
-      factor = base ** s if mode == "power" else alpha + s
+      factor = jnp.exp(log_base * s) if mode == "power" else alpha + s
       return (factor * u.astype(cd)).astype(u.dtype), new_m.astype(m.dtype)
 
     out, mu = _tree.map_unzip(leaf, 2, updates, grad, state.mu)
