@@ -70,3 +70,15 @@ def test_bfloat16_state_halves(bench):
                      "--json", "/dev/null"])
   (row,) = rows
   assert row["state_bytes"] == row["algorithm_state_bytes"] // 2 + 4
+
+
+def test_search_mlp_bound_quick():
+  """benchmarks/search_mlp.py --quick: the 64-8-10 MLP's size and a complete, finite row."""
+  import math
+  spec = importlib.util.spec_from_file_location("gx_search_mlp", ROOT / "benchmarks" /
+                                                "search_mlp.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  (row,) = module.main(["--quick", "--population", "64", "--repeats", "1"])
+  assert row["params"] == 64 * 8 + 8 + 8 * 10 + 10 and (row["hidden"], row["samples"]) == (8, 16)
+  assert all(math.isfinite(v) and v > 0 for v in row.values())
