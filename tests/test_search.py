@@ -74,6 +74,27 @@ def test_power_matches_numpy_pow():
   np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=0)
 
 
+@pytest.mark.parametrize("make, where", [
+    (lambda: search.logistic_regression(0), "start"),       # w = 0: every margin z is 0
+    (lambda: search.logistic_regression(0), "random"),
+    (lambda: search.rosenbrock(3), "random"),
+    (lambda: search.mlp_digits(0, hidden=4, n_train=32), "start"),
+])
+def test_task_gradients_match_finite_differences(make, where):
+  """jax.grad of each task's loss against central differences of the loss in float64."""
+  task = make()
+  p = np.asarray(task.params, np.float64)
+  if where == "random":
+    p = p + np.random.default_rng(0).normal(scale=0.3, size=p.shape)
+  got = np.asarray(jax.jit(jax.grad(task.loss))(jnp.asarray(p, jnp.float32)))
+  h = 1e-5
+  with jax.enable_x64(True):
+    shifts = np.eye(p.size) * h
+    loss = jax.jit(jax.vmap(task.loss))
+    want = (np.asarray(loss(p + shifts)) - np.asarray(loss(p - shifts))) / (2 * h)
+  np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-5 * np.abs(want).max())
+
+
 def test_heavy_ball_momentum_is_ema_momentum_with_scaled_lr():
   # b ← μb + g and m ← μm + (1−μ)g give m = (1−μ)b, so η·b = (η/(1−μ))·m.
   _assert_same(_run(search.rule_optimizer(K["momentum_ema"], 0.1 / (1 - 0.9))),
