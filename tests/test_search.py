@@ -95,6 +95,16 @@ def test_task_gradients_match_finite_differences(make, where):
   np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-5 * np.abs(want).max())
 
 
+def test_task_losses_at_their_start_are_hand_derived_values():
+  """logreg at w = 0: every margin is 0, so the loss is log 2; Rosenbrock at (−1.2, 1): 24.2."""
+  logreg = search.logistic_regression(0)
+  np.testing.assert_allclose(float(logreg.loss(logreg.params)), math.log(2.0), rtol=1e-6)
+  assert logreg.floor < math.log(2.0)
+  rosen = search.rosenbrock(2)
+  np.testing.assert_allclose(float(rosen.loss(rosen.params)), 2.2 ** 2 + 100 * 0.44 ** 2,
+                             rtol=1e-6)
+
+
 def test_heavy_ball_momentum_is_ema_momentum_with_scaled_lr():
   # b ← μb + g and m ← μm + (1−μ)g give m = (1−μ)b, so η·b = (η/(1−μ))·m.
   _assert_same(_run(search.rule_optimizer(K["momentum_ema"], 0.1 / (1 - 0.9))),
