@@ -36,8 +36,10 @@ def _softplus(x: jax.Array) -> jax.Array:
 
   Its derivative is set to the sigmoid, `1 / (1 + e^−x)`, computed from the same `e^−|x|`
   (one exponential and one division). Differentiating the formula instead costs more and is
-  wrong at `x = 0`, where it must be ½: `max` splits its tie (½) but `|x|` takes the
-  derivative +1, which gives 1. Every logistic-regression run starts there, at `w = 0`.
+  wrong at `x = 0`, where it must be ½. There `max` splits its tie (½ each side) while `|x|`
+  takes the one-sided derivative +1: autodiff gives 0 for this form, and gave −1 instead of
+  −½ per unit of `z` for session 2's `max(−z, 0) + log1p(e^−|z|)`. Every logistic-regression
+  run starts at `w = 0`, where every margin is 0.
   """
   return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
