@@ -167,7 +167,7 @@ def _benchmark(search, quick: bool) -> list[dict]:
     for p in sizes:
       rng = np.random.default_rng(p)
       rules = [search.random_rule(rng) for _ in range(p)]
-      r = search.benchmark(task, rules, learning_rate=1e-2, repeats=3)
+      r = search.benchmark(task, rules, learning_rate=1e-2, repeats=5)
       work = r["population"] * r["steps"]
       print(f"| {task.name} | {p} | {r['vmapped_candidate_steps_per_s']:.3g} | "
             f"{work / r['loop_switch_s']:.3g} / {work / r['loop_slots_s']:.3g} | "
