@@ -4,8 +4,8 @@ A rule's score on a task is its final loss after `task.steps` full-batch steps f
 start, the minimum over the learning-rate grid; a non-finite loss (or parameters) scores +inf,
 so a diverging rule is a failed candidate and never stops the search. All of a population's
 rules × learning rates train in one jitted program written for a population (`slots.py`:
-choices looked up once, two EMA slots per candidate, `pow` only where used); one rule alone
-trains with the reference form (`rule_transform`, each choice a `lax.switch`).
+choices looked up once, two EMA slots per candidate, power branches only where used); one
+rule alone trains with the reference form (`rule_transform`, each choice a `lax.switch`).
 
 `Objective` combines tasks into one fitness (lower is better):
 `mean_t log10(max((best_loss_t − floor_t) / (initial_loss_t − floor_t), 1e-8))`, the average
@@ -73,9 +73,10 @@ class Evaluator:
 
   The population program (`slots.population_losses`) looks each rule's choices up once,
   keeps only the EMAs each candidate's operands need (two slots and Adam's second moment, not
-  nine buffers), and runs the `pow` branches only on the candidates that use them (sorted
-  first, `buckets` prefix sizes). `reference_population(rules)` is the former program, `vmap`
-  of the reference form with every branch computed; kept for tests and comparisons.
+  nine buffers), and runs the power branches (`exp`, `x ^ y`) only on the candidates that use
+  them (sorted first, `buckets` prefix sizes). `reference_population(rules)` is the former
+  program, `vmap` of the reference form with every branch computed; kept for tests and
+  comparisons.
   """
 
   def __init__(self, task: Task, learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES, *,

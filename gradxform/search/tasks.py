@@ -41,14 +41,19 @@ def _softplus(x: jax.Array) -> jax.Array:
   −½ per unit of `z` for session 2's `max(−z, 0) + log1p(e^−|z|)`. Every logistic-regression
   run starts at `w = 0`, where every margin is 0.
   """
-  return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+  return _softplus_and_exp(x)[0]
+
+
+def _softplus_and_exp(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`softplus(x)` and the `e^−|x|` it is computed from (which the derivative reuses)."""
+  e = jnp.exp(-jnp.abs(x))
+  return jnp.maximum(x, 0.0) + jnp.log1p(e), e
 
 
 @_softplus.defjvp
 def _softplus_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
-  e = jnp.exp(-jnp.abs(x))
-  value = jnp.maximum(x, 0.0) + jnp.log1p(e)
+  value, e = _softplus_and_exp(x)
   return value, (jnp.where(x >= 0, 1.0, e) / (1.0 + e)) * dx
 
 

@@ -73,11 +73,13 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
     count = step_count(state, extra)
     corr = _numerics.one_minus_decay_power(decay, count + 1) if bias_correction else 1.0
 
+    def unbiased(x):
+      return x / corr if bias_correction else x
+
     def leaf(u, g, nu, mu):
       cd = _numerics.compute_dtype(u, nu)
       g = _numerics.cast(g, cd)
       new_nu = decay * _numerics.cast(nu, cd) + (1.0 - decay) * g * g
-      unbiased = (lambda x: x / corr) if bias_correction else (lambda x: x)
       v = unbiased(new_nu)
       new_mu = mu
       if centered:

@@ -71,11 +71,12 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
 
     def leaf(u, g, m):
       cd = _numerics.compute_dtype(u, m)
-      g = g.astype(cd)
-      new_m = beta * m.astype(cd) + (1.0 - beta) * g
+      g = _numerics.cast(g, cd)
+      new_m = beta * _numerics.cast(m, cd) + (1.0 - beta) * g
       s = f * jnp.sign(g) * jnp.sign(new_m)
       factor = jnp.exp(log_base * s) if mode == "power" else alpha + s
-      return (factor * u.astype(cd)).astype(u.dtype), new_m.astype(m.dtype)
+      return (_numerics.cast(factor * _numerics.cast(u, cd), u.dtype),
+              _numerics.cast(new_m, m.dtype))
 
     out, mu = _tree.map_unzip(leaf, 2, updates, grad, state.mu)
     return out, SignAgreementState(count=next_count(state, count), mu=mu)
