@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Protocol, Union
 import jax
 import jax.numpy as jnp
 
+from gradxform import _complex
 from gradxform._equality import Fn, factory_key
 from gradxform._numerics import cast
 
@@ -96,12 +97,41 @@ def transform(factory: Callable[..., GradientTransformation] | None = None, *,
       info = dict(getattr(tx.update, "meta", {}))
       info.update(name=factory.__name__, shares_count=shares_count, accumulates=accumulates)
       return GradientTransformation(
-          Fn(init, None if key is None else key + ("init",)),
-          Fn(update, None if key is None else key + ("update",), **info))
+          Fn(_complex_as_real_init(init), None if key is None else key + ("init",)),
+          Fn(_complex_as_real_update(update), None if key is None else key + ("update",),
+             **info))
 
     return build
 
   return decorate if factory is None else decorate(factory)
+
+
+def _complex_as_real_init(init: Callable[..., Any]) -> Callable[..., Any]:
+  """`init` on the real view of complex parameters (see `gradxform._complex`)."""
+
+  @functools.wraps(init)
+  def real_init(params):
+    return init(_complex.to_real(params))
+
+  return real_init
+
+
+def _complex_as_real_update(update: Callable[..., Any]) -> Callable[..., Any]:
+  """`update` on the real views of complex updates, params and raw gradient; the updates it
+  returns are complex again where the incoming ones were."""
+
+  @functools.wraps(update)
+  def real_update(updates, state, params=None, **extra):
+    grad = extra.get(GRAD_KEY)
+    if not (_complex.has_complex(updates) or _complex.has_complex(params)
+            or _complex.has_complex(grad)):
+      return update(updates, state, params, **extra)
+    if grad is not None:
+      extra = {**extra, GRAD_KEY: _complex.to_real(grad)}
+    out, state = update(_complex.to_real(updates), state, _complex.to_real(params), **extra)
+    return _complex.from_real(out, updates), state
+
+  return real_update
 
 
 # ---------------------------------------------------------------------------------------------

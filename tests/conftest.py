@@ -9,3 +9,27 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 assert len(jax.devices()) == 8, "tests need the 8 fake CPU devices; jax was imported too early"
+
+import pytest  # noqa: E402
+
+
+# No silent skips: the test extras are always installed (`pip install -e ".[test]"`), so a test
+# that skips means a missing tool or a renamed feature. Every skip is reported as a failure.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  outcome = yield
+  report = outcome.get_result()
+  if report.skipped and not hasattr(report, "wasxfail"):
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"this suite allows no skips; {item.nodeid} skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+  outcome = yield
+  report = outcome.get_result()
+  if report.skipped:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"this suite allows no skips; {collector.nodeid} skipped: {reason}"

@@ -19,11 +19,15 @@ def adagrad(learning_rate: ScalarOrSchedule, *, initial_accumulator_value: float
             state_dtype: Any = None) -> GradientTransformation:
   """Adagrad: `G ← G + g²`, `θ ← θ − η g / √(G + ε)`.
 
-  `eps_in_sqrt=False` gives torch.optim.Adagrad's `θ ← θ − η g / (√G + ε)`.
-  Chain: `scale_by_adagrad` → `scale_by_learning_rate`.
+  The default puts ε inside the root, the form of Ruder's overview. `eps_in_sqrt=False` gives
+  `θ ← θ − η g / (√G + ε)`: the paper's own form (Duchi et al. write `δ + √G`) and
+  torch.optim.Adagrad's. Chain: `scale_by_adagrad` → `scale_by_learning_rate`.
 
   References:
-    Duchi, Hazan & Singer, JMLR 2011.
+    Duchi, Hazan & Singer, "Adaptive subgradient methods for online learning and stochastic
+    optimization", JMLR 2011 (the `δ + √G` form).
+    Ruder, "An overview of gradient descent optimization algorithms", arXiv:1609.04747, 2016
+    (the `√(G + ε)` form).
   """
   _check.learning_rate("adagrad", learning_rate)
   return chain(scale_by_adagrad(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt,

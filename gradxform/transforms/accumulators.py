@@ -21,8 +21,9 @@ def scale_by_adagrad(initial_accumulator_value: float = 0.0, eps: float = 1e-10,
                      eps_in_sqrt: bool = True, state_dtype: Any = None) -> GradientTransformation:
   """Adagrad: divides by the root of the sum of all squared gradients so far.
 
-  `G ← G + g²`; output `u / √(G + ε)` (`eps_in_sqrt=True`, the paper's and Ruder's form) or
-  `u / (√G + ε)` (torch.optim.Adagrad). `G_0 = initial_accumulator_value`.
+  `G ← G + g²`; output `u / √(G + ε)` (`eps_in_sqrt=True`, the form of Ruder's overview) or
+  `u / (√G + ε)` (`eps_in_sqrt=False`: Duchi et al.'s `δ + √G`, and torch.optim.Adagrad).
+  `G_0 = initial_accumulator_value`.
 
   State: `AdagradState(sum_of_squares)`.
 
