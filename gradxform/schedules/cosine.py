@@ -168,10 +168,12 @@ def sgdr_schedule(init_value: float, first_period: int, *, period_mult: float = 
     return periodic
 
   starts, offsets, periods = _restart_table(first_period, period_mult)
-  # Steps from each restart to the next (the last one clipped to the int32 range) and the
-  # next restart's offset: `T_i − t_cur = (R_{k+1} − t) − offset_{k+1}`, accurate near 0.
-  lengths = np.minimum(np.diff(np.append(starts, _INT32_MAX)), _INT32_MAX).astype(np.int32)
-  next_offsets = np.append(offsets[1:], 0.0)
+  # Steps from each restart to the next and the next restart's offset:
+  # `T_i − t_cur = (R_{k+1} − t) − offset_{k+1}`, accurate near 0. The last period ends past
+  # the int32 range, so its `T_i − t_cur` is `(T_i − offset_i) − (t − R_i)`: length 0 and
+  # "next offset" `offset_i − T_i` give exactly that.
+  lengths = np.append(np.diff(starts), 0).astype(np.int32)
+  next_offsets = np.append(offsets[1:], offsets[-1] - periods[-1])
 
   def schedule(step):
     step = c.as_step(step).astype(jnp.int32)
