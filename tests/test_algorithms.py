@@ -2,7 +2,7 @@
 
 Each case runs the same 100 random gradients on a small multi-leaf tree (nested dicts, a
 scalar leaf) through gradxform in float32 (one `jax.jit` of a `lax.scan` per configuration)
-and through the reference in float64; the final parameters agree to rtol 1e-5.
+and through the reference in float64; the final parameters agree to |Δ| ≤ 2e-6 + 2e-6 |θ|.
 Also here: Optax as an outside oracle where its convention is ours (and checks that the
 documented differences are real), and jit / no-jit / pmap agreement with `chex.variants`.
 """
@@ -21,10 +21,16 @@ from absl.testing import parameterized
 import gradxform as gx
 
 STEPS = 100
-# rtol 1e-5 as ALGORITHMS.md asks. The atol is for parameters that pass near zero: float32
-# spacing at |θ| ~ 1 is 1.2e-7 and 100 rounded additions leave ~1e-6 absolute, which no
-# relative bound can hold on a value of 1e-3. Observed: ~1e-6 relative on every case.
-RTOL, ATOL = 1e-5, 2e-6
+# float32 gradxform vs the float64 reference after 100 steps, measured on all cases with XLA's
+# default CPU ISA, `XLA_FLAGS=--xla_cpu_max_isa=AVX2` (identical numbers) and `=SSE4_2`: at most
+# 4.8e-6 absolute, on runs whose |θ| reaches 11 (SGD with momentum), and never more than 8.6e-7
+# of a case's largest |θ| — a few float32 ulps (1.2e-7 at 1) summed over 100 rounded updates.
+# Relative to |θ|: median case 6.5e-7, at most 8.5e-6 where |θ| ≥ 0.1, but up to 6.6e-4 on a
+# coordinate that ends at 7e-4, which keeps the absolute rounding of its larger past: no
+# relative bound holds there, hence the atol. |Δ| ≤ 2e-6 + 2e-6 |θ| uses at most 39% of its
+# allowance on any coordinate on the three ISAs (sgd_dampening; most cases under 20%), and 3%
+# in the 3-step jit / no-jit / pmap variants. (It was rtol 1e-5: 5x looser than needed.)
+RTOL, ATOL = 2e-6, 2e-6
 
 SHAPES = {"dense": {"kernel": (3, 4), "bias": (4,)}, "gain": (), "conv": {"kernel": (2, 2, 3)}}
 # Decay kernels only (the usual "no decay on biases and gains").
