@@ -112,6 +112,20 @@ def noisy_sgd_sigma(eta: float, gamma: float, t: int) -> float:
   return math.sqrt(eta / (1.0 + (t - 1)) ** gamma)
 
 
+class NoisySGD(_Ref):
+  """θ ← θ − η (g + σ_t z_t), σ_t from `noisy_sgd_sigma`; `normals(t)` gives step t's standard
+  normal draws z_t (a flat vector like g): the random stream is the caller's to supply."""
+
+  def __init__(self, lr, normals, eta=0.01, gamma=0.55):
+    super().__init__(lr)
+    self.normals, self.eta, self.gamma = normals, eta, gamma
+
+  def step(self, theta, g):
+    eta = self.tick()
+    sigma = noisy_sgd_sigma(self.eta, self.gamma, self.t)
+    return theta - eta * (g + sigma * np.asarray(self.normals(self.t), np.float64))
+
+
 # ---------------------------------------------------------------------------------------------
 # Adaptive family.
 

@@ -64,10 +64,8 @@ OPTIMIZERS = {
     "flatten": (lambda: gx.flatten(gx.adamw(0.1)), True),
     "ema_params": (lambda: gx.chain(gx.adam(0.1), gx.ema_params(0.9)), True),
     "snapshots": (lambda: gx.chain(gx.sgd(0.1), gx.snapshot_ensemble(2, 2)), True),
+    "plateau": (lambda: gx.chain(gx.adam(0.1), gx.reduce_on_plateau(patience=1)), False),
 }
-if hasattr(gx, "reduce_on_plateau"):
-  OPTIMIZERS["plateau"] = (lambda: gx.chain(gx.adam(0.1), gx.reduce_on_plateau(patience=1)),
-                           False)
 
 
 def _extra_for(name, i):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradxform as gx
@@ -156,7 +157,6 @@ def test_bad_factory():
 
 
 def test_foreign_factory_optax():
-  optax = pytest.importorskip("optax")
   sched = optax.cosine_decay_schedule(1e-2, 10)
   mask = lambda p: jax.tree.map(lambda x: x.ndim > 0, p)   # noqa: E731 - a mask function
   kwargs = dict(learning_rate=sched, b1=0.8, weight_decay=1e-2, mask=mask)

@@ -6,11 +6,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradxform as gx
-
-optax = pytest.importorskip("optax")
 
 
 def _problem():
@@ -95,21 +94,32 @@ def test_from_optax_never_forwards_reserved_extras():
   tx = gx.chain(gx.scale_by_momentum(0.9), gx.from_optax(spy), gx.sgd(0.1))
   params, _ = _problem()
   tx.update(params, tx.init(params), params, value=jnp.float32(3.0))
-  assert set(seen) == {"value"}
+  assert set(seen) == {"value"} and float(seen["value"]) == 3.0
 
   # A plain optax.GradientTransformation gets no extras at all (it would raise TypeError).
+  # Adam's first step is −η g / (|g| + ε) (m̂ = g, v̂ = g²), which clip(1.0) leaves alone.
   plain = gx.chain(gx.adam(1e-3), gx.from_optax(optax.clip(1.0)))
-  plain.update(params, plain.init(params), params, value=jnp.float32(3.0))
+  updates, _ = plain.update(params, plain.init(params), params, value=jnp.float32(3.0))
+  expected = jax.tree.map(lambda g: -1e-3 * g / (np.abs(g) + 1e-8),
+                          jax.tree.map(lambda x: np.asarray(x, np.float64), params))
+  _close(updates, expected, rtol=2e-6, atol=1e-12)  # observed 1.7e-7
 
 
 def test_from_optax_extra_args_transform_gets_value():
-  plateau = optax.contrib.reduce_on_plateau(patience=0, factor=0.5, cooldown=0)
+  # The loss improves once, then fails to improve three times; with patience 1 each of those
+  # reaches the patience and halves the scale: 1 → 0.5 → 0.25 → 0.125.
+  plateau = optax.contrib.reduce_on_plateau(patience=1, factor=0.5, cooldown=0)
   tx = gx.chain(gx.sgd(0.1), gx.from_optax(plateau))
   params, _ = _problem()
   state = tx.init(params)
+  scales = []
   for loss in [1.0, 2.0, 3.0, 4.0]:
     updates, state = tx.update(params, state, params, value=jnp.float32(loss))
-  assert float(state[1].scale) < 1.0
+    scales.append(float(state[1].scale))
+  assert scales == [1.0, 0.5, 0.25, 0.125]
+  # The gradients are the parameters here: the last step is −0.1 · 0.125 · θ.
+  _close(updates, jax.tree.map(lambda p: -0.0125 * np.asarray(p, np.float64), params),
+         rtol=1e-6, atol=0)
 
 
 def test_from_optax_equality_and_errors():
@@ -126,4 +136,8 @@ def test_from_optax_equality_and_errors():
 def test_to_optax_of_plain_optax_transform_drops_extras():
   tx = gx.to_optax(optax.clip(1.0))
   params, _ = _problem()
-  tx.update(params, tx.init(params), params, value=1.0)
+  # clip(1.0) takes no extras (it would raise TypeError); it clips each entry to [−1, 1].
+  updates, _ = tx.update(params, tx.init(params), params, value=1.0)
+  expected = jax.tree.map(lambda p: np.clip(np.asarray(p, np.float64), -1.0, 1.0), params)
+  assert any(np.any(np.abs(np.asarray(p)) > 1.0) for p in jax.tree.leaves(params))
+  _close(updates, expected, rtol=0, atol=0)

@@ -106,9 +106,37 @@ def test_catches_failure_under_vmap_and_pmap():
     gxt.check_vmap(tx, _params())
 
 
+@jax.custom_batching.custom_vmap
+def _pooled_norm(tree):
+  """The global norm of `tree`; under vmap (deliberately wrong) the members' mean norm."""
+  return gx.global_norm(tree)
+
+
+@_pooled_norm.def_vmap
+def _pooled_norm_vmap(axis_size, in_batched, tree):
+  del in_batched
+  norms = jax.vmap(gx.global_norm)(tree)  # one norm per member ...
+  return jnp.broadcast_to(jnp.mean(norms), (axis_size,)), True  # ... mixed over the batch
+
+
+def _norm_accumulator(norm):
+  """State `n` sums `norm(u)` over steps; updates pass through."""
+  return gx.GradientTransformation(lambda p: {"n": jnp.zeros([], jnp.float32)},
+                                   lambda u, s, p=None, **e: (u, {"n": s["n"] + norm(u)}))
+
+
 def test_catches_cross_member_leak_under_vmap():
-  tx = gx.GradientTransformation(
-      lambda p: {"n": jnp.zeros([], jnp.float32)},
-      lambda u, s, p=None, **e: (u, {"n": s["n"] + gx.global_norm(u)}))
-  gxt.check_vmap(tx, _params())  # a correct per-member state passes
-  gxt.check_pmap(tx, _params())
+  params = _params()
+  good, leaky = _norm_accumulator(gx.global_norm), _norm_accumulator(_pooled_norm)
+  gxt.check_vmap(good, params)  # a correct per-member state passes
+  gxt.check_pmap(good, params)
+  # Unmapped the two are the same transform, so only the mapping can tell them apart.
+  grads = gxt.default_grads(params)
+  np.testing.assert_array_equal(leaky.update(grads, leaky.init(params))[1]["n"],
+                                good.update(grads, good.init(params))[1]["n"])
+  gxt.check_jit(leaky, params)
+  # The kit's members are the parameters and gradients scaled by 1 and 1.25: pooled, member
+  # 0's state is the mean norm, 1.125 times its own.
+  with pytest.raises(AssertionError, match=r"check_vmap: state of member 0, step 1 at \['n'\] "
+                     r"differs"):
+    gxt.check_vmap(leaky, params)
