@@ -18,6 +18,11 @@ from gradxform._base import apply_updates
 from gradxform._base import chain
 from gradxform._base import identity
 from gradxform._base import named_chain
+# --- the chain protocol: declaring a transform, reading what its chain passes ---------------
+from gradxform._base import next_count
+from gradxform._base import raw_gradient
+from gradxform._base import step_count
+from gradxform._base import transform
 
 # --- primitives ---------------------------------------------------------------------------
 from gradxform.transforms.accumulators import scale_by_adadelta

@@ -194,111 +194,160 @@ def _shares(tx: GradientTransformation, state: Any) -> bool:
   return bool(meta(tx, "shares_count")) and "count" in getattr(type(state), "_fields", ())
 
 
-def _chain_init(parts: list[GradientTransformation], params: Params) -> list[Any]:
-  states = [tx.init(params) for tx in parts]
-  owner = None
-  for i, (tx, s) in enumerate(zip(parts, states)):
-    if _shares(tx, s):
-      if owner is None:
-        owner = i
+# A chain runs its *leaf parts* as one flat sequence, whatever the grouping it was built with:
+# `chain(chain(a, b), c)` runs `a, b, c` with one raw gradient and one step counter, exactly as
+# `chain(a, b, c)` does. Only the state keeps the grouping (a tuple inside a tuple), so a named
+# algorithm's state looks the same alone and inside a bigger chain. A layout node is an int (the
+# index of a leaf part in the flat sequence), a tuple of nodes (a `chain`) or a dict from name
+# to node (a `named_chain`).
+Layout = Union[int, tuple, dict]
+
+
+def _flatten_parts(parts: list[GradientTransformation],
+                   names: list[str] | None = None) -> tuple[list[GradientTransformation], Layout]:
+  """The leaf parts of a (possibly nested) chain in order, and the layout of its state."""
+  flat: list[GradientTransformation] = []
+
+  def walk(tx: GradientTransformation) -> Layout:
+    sub = meta(tx, "chain_parts")
+    if sub is False:
+      flat.append(tx)
+      return len(flat) - 1
+    nodes = [walk(t) for t in sub["parts"]]
+    return tuple(nodes) if sub["names"] is None else dict(zip(sub["names"], nodes))
+
+  nodes = [walk(t) for t in parts]
+  return flat, (tuple(nodes) if names is None else dict(zip(names, nodes)))
+
+
+def _nest(layout: Layout, flat: list[Any]) -> Any:
+  """The flat per-part states arranged as `layout` says."""
+  if isinstance(layout, int):
+    return flat[layout]
+  if isinstance(layout, dict):
+    return {k: _nest(v, flat) for k, v in layout.items()}
+  return tuple(_nest(v, flat) for v in layout)
+
+
+def _unnest(name: str, layout: Layout, state: Any, flat: list[Any]) -> None:
+  """Fills `flat` from a state arranged as `layout`, with a clear error where it is not."""
+  if isinstance(layout, int):
+    flat[layout] = state
+    return
+  if isinstance(layout, dict):
+    if not isinstance(state, dict) or set(state) != set(layout):
+      got = sorted(state) if isinstance(state, dict) else type(state).__name__
+      raise ValueError(f"{name}.update: expected a state dict with keys {list(layout)} (the "
+                       f"state this named_chain's init() made), got {got}.")
+    for k, v in layout.items():
+      _unnest(name, v, state[k], flat)
+    return
+  if not isinstance(state, tuple) or len(state) != len(layout):
+    got = (f"{type(state).__name__} of length {len(state)}" if hasattr(state, "__len__")
+           else type(state).__name__)
+    raise ValueError(f"{name}.update: expected the state made by this {name}'s init() (tuple "
+                     f"of {len(layout)} parts), got {got}.")
+  for v, s in zip(layout, state):
+    _unnest(name, v, s, flat)
+
+
+class _Chain:
+  """The flat sequence of leaf parts behind a `chain` or `named_chain`, and what it checks.
+
+  `known_states` maps the tree structure of the updates to the types of the states the parts'
+  `init` makes for it, so the check that a state comes from this chain traces each `init` once
+  per tree structure, not at every `update` trace. It is this chain's own, not a global cache.
+  """
+
+  def __init__(self, name: str, parts: list[GradientTransformation], names: list[str] | None):
+    self.name = name
+    self.parts, self.layout = _flatten_parts(parts, names)
+    self.passes = [_accepts_extra(t.update) for t in self.parts]
+    self.known_states: dict[Any, list[type]] = {}
+
+  def init(self, params: Params) -> Any:
+    states = [tx.init(params) for tx in self.parts]
+    owner = None
+    for i, (tx, s) in enumerate(zip(self.parts, states)):
+      if _shares(tx, s):
+        if owner is None:
+          owner = i
+        else:
+          states[i] = s._replace(count=None)
+    self._remember(jax.tree.structure(params), states)
+    return _nest(self.layout, states)
+
+  def _remember(self, treedef: Any, states: list[Any]) -> None:
+    if len(self.known_states) > 64:
+      self.known_states.clear()
+    self.known_states[treedef] = [type(x) for x in states]
+
+  def check(self, states: list[Any], updates: Updates, params: Params | None) -> None:
+    """Clear errors before any part runs: float updates, params like updates, and each part's
+    state of the type that part's init() makes (else the state is from a different optimizer)."""
+    from gradxform import _tree  # local: _tree is a leaf module, kept free of imports from here
+    _tree.check_floating(self.name, updates)
+    if params is not None:
+      _tree.check_same_structure(self.name, params, updates, "params", "updates")
+      _tree.check_shapes(self.name, params, updates, "params", "updates")
+    treedef = jax.tree.structure(updates)
+    if treedef not in self.known_states:
+      try:
+        shapes = jax.eval_shape(lambda u: [tx.init(u) for tx in self.parts], updates)
+      except Exception:  # noqa: BLE001 - a part's init fails on these updates: its update says why
+        return
+      self._remember(treedef, shapes)
+    for i, (tx, want, got) in enumerate(zip(self.parts, self.known_states[treedef], states)):
+      if want is not type(got):
+        what = meta(tx, "name") or "transform"
+        raise ValueError(
+            f"{self.name}.update: part {i} ({what}) expected a {want.__name__} state, got "
+            f"{type(got).__name__}. The state was made by a different optimizer or chain: pass "
+            "the state that this optimizer's own init() returned.")
+
+  def update(self, updates: Updates, state: Any, params: Params | None,
+             extra: dict[str, Any]) -> tuple[Updates, Any]:
+    states: list[Any] = [None] * len(self.parts)
+    _unnest(self.name, self.layout, state, states)
+    self.check(states, updates, params)
+    extra = dict(extra)
+    extra.pop(COUNT_KEY, None)
+    grad = extra.pop(GRAD_KEY, None)
+    count = next((s.count for tx, s in zip(self.parts, states)
+                  if _shares(tx, s) and s.count is not None), None)
+    for i, (tx, s, passes) in enumerate(zip(self.parts, states, self.passes)):
+      raw = updates if grad is None else grad
+      if not passes:
+        updates, states[i] = tx.update(updates, s, params)
+      elif _shares(tx, s) and s.count is None and count is not None:
+        updates, states[i] = tx.update(updates, s, params, **extra, grad=raw, count=count)
       else:
-        states[i] = s._replace(count=None)
-  _remember_state_types(parts, jax.tree.structure(params), states)
-  return states
-
-
-#: (id of a chain's parts list, treedef of the updates) -> the types of the parts' states. A
-#: cache of a pure function of its key (init's state types depend on the tree's structure only).
-_STATE_TYPES: dict[Any, Any] = {}
-
-
-def _remember_state_types(parts: list[GradientTransformation], treedef: Any,
-                          states: list[Any]) -> None:
-  """Records the types of the states `init` made, so the first `update` on the same tree
-  structure need not trace every part's `init` again to check them."""
-  if len(_STATE_TYPES) > 256:
-    _STATE_TYPES.clear()
-  _STATE_TYPES[(id(parts), treedef)] = ([type(x) for x in states], parts)
-
-
-def _check_part_states(name: str, parts: list[GradientTransformation], states: list[Any],
-                       updates: Updates, params: Params | None) -> None:
-  """Clear errors before any part runs: float updates, params like updates, and each part's
-  state of the type that part's init() makes (else the state is from a different optimizer)."""
-  from gradxform import _tree  # local: _tree is a leaf module, kept free of imports from here
-  _tree.check_floating(name, updates)
-  if params is not None:
-    _tree.check_same_structure(name, params, updates, "params", "updates")
-    _tree.check_shapes(name, params, updates, "params", "updates")
-  key = (id(parts), jax.tree.structure(updates))
-  if key not in _STATE_TYPES:
-    try:
-      shapes = jax.eval_shape(lambda u: [tx.init(u) for tx in parts], updates)
-    except Exception:  # noqa: BLE001 - a part's init fails on these updates: its update says why
-      return
-    _remember_state_types(parts, key[1], shapes)  # parts kept alive: their id stays unique
-  expected = _STATE_TYPES[key][0]
-  for i, (tx, want, got) in enumerate(zip(parts, expected, states)):
-    if want is not type(got):
-      what = getattr(tx.update, "meta", {}).get("name", "transform")
-      raise ValueError(
-          f"{name}.update: part {i} ({what}) expected a {want.__name__} state, got "
-          f"{type(got).__name__}. The state was made by a different optimizer or chain: pass "
-          "the state that this optimizer's own init() returned.")
-
-
-def _chain_update(parts: list[GradientTransformation], passes_extra: list[bool],
-                  states: list[Any], updates: Updates, params: Params | None,
-                  extra: dict[str, Any], name: str = "chain") -> tuple[Updates, list[Any]]:
-  _check_part_states(name, parts, states, updates, params)
-  extra = dict(extra)
-  extra.pop(COUNT_KEY, None)
-  grad = extra.pop(GRAD_KEY, None)
-  count = next((s.count for tx, s in zip(parts, states)
-                if _shares(tx, s) and s.count is not None), None)
-  new_states = []
-  for tx, s, passes in zip(parts, states, passes_extra):
-    raw = updates if grad is None else grad
-    if not passes:
-      updates, s = tx.update(updates, s, params)
-    elif _shares(tx, s) and s.count is None and count is not None:
-      updates, s = tx.update(updates, s, params, **extra, grad=raw, count=count)
-    else:
-      updates, s = tx.update(updates, s, params, **extra, grad=raw)
-    if grad is None and meta(tx, "accumulates"):
-      grad = raw
-    new_states.append(s)
-  return updates, new_states
-
-
-def _check_chain_state(name: str, state: Any, n: int, kind: type[tuple]) -> None:
-  if not isinstance(state, kind) or len(state) != n:
-    got = f"{type(state).__name__} of length {len(state)}" if hasattr(state, "__len__") else (
-        type(state).__name__)
-    raise ValueError(f"{name}.update: expected the state made by this {name}'s init() "
-                     f"({kind.__name__} of {n} parts), got {got}.")
+        updates, states[i] = tx.update(updates, s, params, **extra, grad=raw)
+      if grad is None and meta(tx, "accumulates"):
+        grad = raw
+    return updates, _nest(self.layout, states)
 
 
 @transform
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
   """Applies `transforms` in sequence; the state is the tuple of their states.
 
+  Grouping does not matter: `chain(chain(a, b), c)` gives the same updates as `chain(a, b, c)`
+  and holds as many step counters (the parts of nested chains run as one flat sequence); only
+  the state keeps the nesting, `((sa, sb), sc)`.
+
   Example:
     >>> tx = gx.chain(gx.clip_by_global_norm(1.0), gx.scale_by_momentum(0.9),
     ...               gx.scale_by_learning_rate(0.1))
   """
   parts = [_as_transform(t, f"chain argument {i}") for i, t in enumerate(transforms)]
-  passes = [_accepts_extra(t.update) for t in parts]
-
-  def init(params):
-    return tuple(_chain_init(parts, params))
+  flat = _Chain("chain", parts, None)
 
   def update(updates, state, params=None, **extra):
-    _check_chain_state("chain", state, len(parts), tuple)
-    updates, states = _chain_update(parts, passes, list(state), updates, params, extra)
-    return updates, tuple(states)
+    return flat.update(updates, state, params, extra)
 
-  return GradientTransformation(init, update)
+  return GradientTransformation(
+      flat.init, Fn(update, None, chain_parts={"parts": tuple(parts), "names": None}))
 
 
 @transform
@@ -313,20 +362,13 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
   if len(set(names)) != len(names):
     raise ValueError(f"named_chain: names must be unique, got {names}")
   parts = [_as_transform(t, f"named_chain part {n!r}") for n, t in transforms]
-  passes = [_accepts_extra(t.update) for t in parts]
-
-  def init(params):
-    return dict(zip(names, _chain_init(parts, params)))
+  flat = _Chain("named_chain", parts, names)
 
   def update(updates, state, params=None, **extra):
-    if not isinstance(state, dict) or set(state) != set(names):
-      raise ValueError(f"named_chain.update: expected a state dict with keys {names}, got "
-                       f"{sorted(state) if isinstance(state, dict) else type(state).__name__}.")
-    updates, states = _chain_update(parts, passes, [state[n] for n in names], updates, params,
-                                    extra, "named_chain")
-    return updates, dict(zip(names, states))
+    return flat.update(updates, state, params, extra)
 
-  return GradientTransformation(init, update)
+  return GradientTransformation(
+      flat.init, Fn(update, None, chain_parts={"parts": tuple(parts), "names": tuple(names)}))
 
 
 # ---------------------------------------------------------------------------------------------
