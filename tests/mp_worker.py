@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 import gradxform as gx
 
 STEPS, BATCH, D_IN, D_OUT, LR = 20, 16, 6, 3, 1e-2
+INIT_TIMEOUT_S = 240   # generous: two processes start jax on a loaded machine
 
 
 def problem():
@@ -42,35 +43,16 @@ def global_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def _loopback_gloo() -> None:
-  """Makes the CPU backend's gloo collectives listen on 127.0.0.1 only.
-
-  By default gloo binds to the address the machine's hostname resolves to. jax 0.10 has no
-  public option for it, so this registers the CPU backend factory with gloo's `hostname` set
-  (private API: skipped, with the default binding, if it is not there).
-  """
-  try:
-    from jax._src import distributed, xla_bridge
-    from jax._src.lib import _jax
-  except ImportError:
-    return
-
-  def factory():
-    collectives = _jax.make_gloo_tcp_collectives(
-        distributed_client=distributed.global_state.client, hostname="127.0.0.1")
-    return xla_bridge.make_cpu_client(collectives=collectives)
-
-  xla_bridge.register_backend_factory("cpu", factory, priority=0, fail_quietly=False)
-
-
 def main() -> None:
   port, process_id, num_processes, out_file = sys.argv[1:5]
+  # Public API only: gloo collectives for the CPU backend, the coordinator on loopback (the
+  # parent holds the port for it, see tests/test_multiprocess.py). Gloo binds its own sockets to
+  # the address the host name resolves to, on ports the OS picks.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                              coordinator_bind_address=f"127.0.0.1:{port}",
                              num_processes=int(num_processes), process_id=int(process_id),
-                             initialization_timeout=40)
-  _loopback_gloo()
+                             initialization_timeout=INIT_TIMEOUT_S)
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   xs, ys, params0 = problem()

@@ -37,7 +37,7 @@ compiles the two programs differently (LLVM fuses a multiply and an add into an 
 rounding, not always bit for bit: on Rosenbrock (elementwise) the population equals the
 single runs to about 1e-6 (bit-equal on most rules); on the tasks with matrix products, a
 batched GEMM sums in another order than the single run's GEMV, as it did in the former
-program too (see tests/test_search.py and docs/notes/search-performance.md).
+program too (see tests/test_search.py, and benchmarks/RESULTS.md for the measurements).
 """
 
 from __future__ import annotations
@@ -64,10 +64,15 @@ _CASES = ("g", "g^2", "g^3", "ema", "sign(g)", "sign(ema)", "sign(g)*sign(ema)",
 
 
 def _operand_table() -> dict[str, np.ndarray]:
-  """Per operand index: case, slot decay β, 1 − β (as Python computes it), power, rms form."""
+  """Per operand index: case, slot decay β, 1 − β (as Python computes it), power, rms form.
+
+  β and 1 − β are kept in float64; `choices` converts them to `scalar_dtype()`: the float32
+  values of the Python constants, as the library's transforms use them, or under
+  `jax_enable_x64` the float64 ones (not float32-rounded β in a float64 run).
+  """
   case = np.zeros(len(OPERANDS), np.int32)
-  beta = np.zeros(len(OPERANDS), np.float32)
-  one_minus = np.zeros(len(OPERANDS), np.float32)
+  beta = np.zeros(len(OPERANDS), np.float64)
+  one_minus = np.zeros(len(OPERANDS), np.float64)
   power = np.zeros(len(OPERANDS), np.int32)
   rms_form = np.zeros(len(OPERANDS), bool)
 
@@ -171,7 +176,10 @@ class Choices(NamedTuple):
 def choices(rules: jax.Array) -> Choices:
   """The `Choices` of `[C, 6]` rule indices."""
   rules = jnp.asarray(rules)
-  t = {k: jnp.asarray(v) for k, v in OPERAND_TABLE.items()}
+  # An explicit dtype: jax 0.10 reuses a float32 conversion of the same NumPy array made
+  # under jit with x64 off for a plain `jnp.asarray(v)` after x64 is turned on.
+  t = {k: jnp.asarray(v, _numerics.scalar_dtype() if v.dtype.kind == "f" else v.dtype)
+       for k, v in OPERAND_TABLE.items()}
   o1, o2 = rules[:, 0], rules[:, 2]
   return Choices(case1=t["case"][o1], case2=t["case"][o2],
                  beta1=t["beta"][o1], one_minus1=t["one_minus"][o1], power1=t["power"][o1],
