@@ -233,3 +233,34 @@ def test_state_check_keeps_no_global_cache():
   params, grads = _problem(6)
   with pytest.raises(ValueError, match=r"part 2 \(scale_by_rms\) expected a RmsState"):
     gx.adam(0.1).update(grads[0], gx.amsgrad(0.1).init(params), params)
+
+
+# ---------------------------------------------------------------------------------------------
+# State layouts against those recorded before the flat-chain change (checkpoint compatibility).
+
+
+def test_state_layouts_unchanged_since_before_the_flat_chain():
+  """Every named optimizer, and clip / EMA / named compositions, keeps the exact state layout
+  recorded at commit 86327ea (tests/data/make_state_layouts.py), so their checkpoints restore.
+  The one documented migration (CHANGELOG 2026-12-04): a counting part after a nested counting
+  algorithm now borrows the counter, so its `count` is None instead of an int32 array."""
+  import json
+  import pathlib
+  import sys
+  data_dir = pathlib.Path(__file__).resolve().parent / "data"
+  sys.path.insert(0, str(data_dir))
+  try:
+    import make_state_layouts as layouts
+  finally:
+    sys.path.remove(str(data_dir))
+  before = json.loads((data_dir / "state_layouts_86327ea.json").read_text())["layouts"]
+  params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+  now = {k: layouts.layout(tx.init(params)) for k, tx in layouts.optimizers().items()}
+  assert set(now) == set(before)
+  migrated = {"adam_then_schedule"}
+  for name in sorted(set(now) - migrated):
+    assert now[name] == before[name], name
+  old, new = before["adam_then_schedule"], now["adam_then_schedule"]
+  assert old["treedef"].endswith("CustomNode(namedtuple[ScheduleState], [*])))")
+  assert new["treedef"].endswith("CustomNode(namedtuple[ScheduleState], [None])))")
+  assert new["leaves"] == old["leaves"][:-1] and old["leaves"][-1] == [[], "int32"]
