@@ -15,7 +15,7 @@ For each MLP size, prints (µs per candidate-step unless said otherwise):
   this rule arithmetic whose layer 2, softmax, tanh and biases cost nothing.
 
 Usage: `PYTHONPATH=. python benchmarks/search_mlp.py [--population 256] [--quick]` (the
-table in BUILD_NOTES.md is the default run, about 2 minutes).
+table in benchmarks/RESULTS.md is the default run, about 2 minutes).
 Timings are best of `--repeats`; nothing here is asserted (the machine is shared).
 """
 

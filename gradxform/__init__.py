@@ -23,6 +23,7 @@ from gradxform._base import next_count
 from gradxform._base import raw_gradient
 from gradxform._base import step_count
 from gradxform._base import transform
+from gradxform._base import trees_checked
 
 # --- primitives ---------------------------------------------------------------------------
 from gradxform.transforms.accumulators import scale_by_adadelta
@@ -41,6 +42,7 @@ from gradxform.transforms.rms import scale_by_rms
 from gradxform.transforms.scale import scale
 from gradxform.transforms.scale import scale_by_learning_rate
 from gradxform.transforms.sign import sign_agreement
+from gradxform.transforms.stateless import stateless
 from gradxform.transforms.weight_decay import add_l2_penalty
 from gradxform.transforms.weight_decay import decoupled_weight_decay
 

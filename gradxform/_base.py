@@ -4,8 +4,8 @@ A transform is a pure pair `init(params) -> state`, `update(updates, state, para
 **extra) -> (updates, state)`. It is a NamedTuple of two functions, exactly Optax's shape, so
 Flax's `TrainState` and `nnx.Optimizer` take it as is.
 
-Two things pass between the parts of a chain through `**extra` (both documented in
-BUILD_NOTES.md):
+Three things pass between the parts of a chain through `**extra` (documented in
+BUILD_NOTES.md; read them with `raw_gradient`, `step_count` and `trees_checked`):
 
 * `grad`: the gradient as it was before any part that turns it into a running average
   (`scale_by_momentum` and friends). Second-moment parts (`scale_by_rms`, ...) square this,
@@ -16,19 +16,25 @@ BUILD_NOTES.md):
   later part that can share (declared with `@transform(shares_count=True)`) keeps
   `count=None` in its state and reads the owner's count instead, so an Adam with a schedule
   holds one counter, not four that could drift apart.
+* `trees_checked`: True when the chain has verified that every part's state has the tree
+  structure and shapes its `init` makes for these updates, so parts skip their own tree checks
+  (which still run, and name the offending leaf, when a part is used alone or a state is off).
+
+A chain runs the leaf parts of nested chains as one flat sequence, so grouping never changes
+the result (`chain(chain(a, b), c)` is `chain(a, b, c)`); only the state keeps the nesting.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, NamedTuple, Protocol, Union
+from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
 from gradxform import _complex
-from gradxform._equality import Fn, factory_key
+from gradxform._equality import Fn, by_value
 from gradxform._numerics import cast
 
 PyTree = Any
@@ -41,6 +47,7 @@ ScalarOrSchedule = Union[float, jax.Array, Schedule]
 #: Reserved keys of `**extra`, set by `chain` (see the module docstring).
 GRAD_KEY = "grad"
 COUNT_KEY = "count"
+CHECKED_KEY = "trees_checked"
 
 
 class TransformInitFn(Protocol):
@@ -61,6 +68,17 @@ class GradientTransformation(NamedTuple):
 
   `update(updates, state, params=None, **extra)` returns the transformed updates and the new
   state. Transforms that need no extra arguments ignore `**extra`.
+
+  Example:
+    >>> tx = gx.sgd(0.1)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> gx.apply_updates(params, updates)["b"]
+    Array([ 0.05, -0.15], dtype=float32)
+
+  References:
+    Babuschkin et al., "The DeepMind JAX ecosystem", 2020: Optax's `GradientTransformation`,
+    whose shape this is (https://github.com/google-deepmind/optax).
   """
 
   init: TransformInitFn
@@ -68,7 +86,15 @@ class GradientTransformation(NamedTuple):
 
 
 class EmptyState(NamedTuple):
-  """The state of a stateless transform."""
+  """The state of a stateless transform.
+
+  Example:
+    >>> gx.clip(1.0).init(params)
+    EmptyState()
+
+  References:
+    Optax's `EmptyState` (https://github.com/google-deepmind/optax).
+  """
 
 
 def meta(tx: GradientTransformation, name: str) -> Any:
@@ -77,7 +103,8 @@ def meta(tx: GradientTransformation, name: str) -> Any:
 
 
 def transform(factory: Callable[..., GradientTransformation] | None = None, *,
-              shares_count: bool = False, accumulates: bool = False) -> Any:
+              shares_count: bool = False, accumulates: bool = False,
+              hyperparams: Sequence[str] | str = ()) -> Any:
   """Decorates a transform factory.
 
   The transform it returns compares (and hashes) equal to any other built by the same factory
@@ -85,25 +112,68 @@ def transform(factory: Callable[..., GradientTransformation] | None = None, *,
   `count=None` in the state, reading `extra['count']` instead (see `step_count`).
   `accumulates`: the output is a running average of the gradient, so later parts of a chain
   get the raw gradient as `extra['grad']`.
+
+  `hyperparams` names the factory's numeric hyperparameters (learning rates, decays, ε, weight
+  decays): the arguments that `inject_hyperparams` keeps in its state as arrays when they are
+  given as numbers, and evaluates at every step when they are given as schedules. This
+  declaration is all `inject_hyperparams` goes by: every other argument (flags, integers such
+  as a seed, dtypes, masks, functions such as `decay_fn`) is passed to the factory unchanged.
+  The factory must accept a traced scalar array for each name it declares. Each name must be
+  a parameter of the factory (`TypeError` when the decorator runs, otherwise).
+
+  Example:
+    >>> @gx.transform
+    ... def scale_by_two():
+    ...   def init(params):
+    ...     return gx.EmptyState()
+    ...   def update(updates, state, params=None, **extra):
+    ...     return jax.tree.map(lambda u: 2 * u, updates), state
+    ...   return gx.GradientTransformation(init, update)
+    >>> scale_by_two() == scale_by_two()
+    True
+    >>> @gx.transform(hyperparams=("factor",))
+    ... def scale_by(factor: float, *, seed: int = 0):
+    ...   return gx.stateless(lambda updates, params: jax.tree.map(lambda u: factor * u, updates))
+    >>> state = gx.inject_hyperparams(scale_by)(factor=3.0, seed=1).init(params)
+    >>> sorted(state.hyperparams)            # declared: injected; seed: passed as is
+    ['factor']
+
+  References:
+    The chain protocol in BUILD_NOTES.md; docs/guide/composing.md declares a momentum with it.
   """
+  names = (hyperparams,) if isinstance(hyperparams, str) else tuple(hyperparams)
 
   def decorate(factory: Callable[..., GradientTransformation]) -> Any:
+    _check_hyperparams(factory, names)
 
-    @functools.wraps(factory)
-    def build(*args: Any, **kwargs: Any) -> GradientTransformation:
-      tx = factory(*args, **kwargs)
-      key = factory_key(factory, args, kwargs)
+    def declare(tx: GradientTransformation) -> GradientTransformation:
       init, update = (f.fn if isinstance(f, Fn) else f for f in tx)
       info = dict(getattr(tx.update, "meta", {}))
       info.update(name=factory.__name__, shares_count=shares_count, accumulates=accumulates)
-      return GradientTransformation(
-          Fn(_complex_as_real_init(init), None if key is None else key + ("init",)),
-          Fn(_complex_as_real_update(update), None if key is None else key + ("update",),
-             **info))
+      return GradientTransformation(_complex_as_real_init(init),
+                                    Fn(_complex_as_real_update(update), None, **info))
 
+    build = by_value(factory, finish=declare)
+    setattr(build, HYPERPARAMS_ATTR, names)
     return build
 
   return decorate if factory is None else decorate(factory)
+
+
+#: The attribute of a `transform`-decorated factory that holds its declared `hyperparams`.
+HYPERPARAMS_ATTR = "__gradxform_hyperparams__"
+
+
+def _check_hyperparams(factory: Callable[..., Any], names: tuple[str, ...]) -> None:
+  """TypeError unless every declared hyperparameter is a named parameter of `factory`."""
+  if not names:
+    return
+  params = inspect.signature(factory).parameters
+  allowed = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  bad = [n for n in names if not isinstance(n, str) or n not in allowed]
+  if bad:
+    raise TypeError(f"transform({factory.__name__}): hyperparams {bad} are not parameters of "
+                    f"the factory; its parameters are {allowed}.")
 
 
 def _complex_as_real_init(init: Callable[..., Any]) -> Callable[..., Any]:
@@ -139,7 +209,18 @@ def _complex_as_real_update(update: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def step_count(state: Any, extra: dict[str, Any]) -> jax.Array:
-  """The number of updates before this one (0 on the first), from the state or the chain."""
+  """The number of updates before this one (0 on the first), from the state or the chain.
+
+  Example:
+    >>> state = gx.scale_by_momentum(0.9).init(params)
+    >>> int(gx.step_count(state, {}))
+    0
+    >>> int(gx.step_count(state._replace(count=None), {"count": jnp.int32(7)}))   # borrowed
+    7
+
+  References:
+    The chain protocol in BUILD_NOTES.md; docs/guide/composing.md uses it in a transform.
+  """
   if "count" not in getattr(type(state), "_fields", ()):
     raise ValueError(f"got a state of type {type(state).__name__}, which has no step counter: "
                      "pass the state that this transform's own init() returned (was the state "
@@ -154,7 +235,18 @@ def step_count(state: Any, extra: dict[str, Any]) -> jax.Array:
 
 
 def next_count(state: Any, count: jax.Array) -> jax.Array | None:
-  """The `count` field to store after this update: None when the count is borrowed."""
+  """The `count` field to store after this update: None when the count is borrowed.
+
+  Example:
+    >>> state = gx.scale_by_momentum(0.9).init(params)
+    >>> int(gx.next_count(state, gx.step_count(state, {})))
+    1
+    >>> gx.next_count(state._replace(count=None), jnp.int32(7)) is None
+    True
+
+  References:
+    The chain protocol in BUILD_NOTES.md; docs/guide/composing.md uses it in a transform.
+  """
   from gradxform._numerics import safe_increment  # local: _numerics imports this module
   return None if state.count is None else safe_increment(count)
 
@@ -251,21 +343,27 @@ def _unnest(name: str, layout: Layout, state: Any, flat: list[Any]) -> None:
     _unnest(name, v, s, flat)
 
 
+def _tree_key(tree: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+  """What a part's init() depends on: the tree structure and the leaves' shapes."""
+  return jax.tree.structure(tree), tuple(jnp.shape(x) for x in jax.tree.leaves(tree))
+
+
 class _Chain:
   """The flat sequence of leaf parts behind a `chain` or `named_chain`, and what it checks.
 
-  `known_states` maps the tree structure of the updates to the types of the states the parts'
-  `init` makes for it, so the check that a state comes from this chain traces each `init` once
-  per tree structure, not at every `update` trace. It is this chain's own, not a global cache.
+  `known_states` maps the structure and shapes of the updates to what the parts' `init` makes
+  for them (each state's type, tree structure and leaf shapes), so the check of a state traces
+  each `init` once per tree layout, not at every `update` trace. It is this chain's own record,
+  not a global cache.
   """
 
   def __init__(self, name: str, parts: list[GradientTransformation], names: list[str] | None):
     self.name = name
     self.parts, self.layout = _flatten_parts(parts, names)
     self.passes = [_accepts_extra(t.update) for t in self.parts]
-    self.known_states: dict[Any, list[type]] = {}
+    self.known_states: dict[Any, list[tuple[type, Any, list[tuple[int, ...]]]]] = {}
 
-  def init(self, params: Params) -> Any:
+  def _init_flat(self, params: Params) -> list[Any]:
     states = [tx.init(params) for tx in self.parts]
     owner = None
     for i, (tx, s) in enumerate(zip(self.parts, states)):
@@ -274,43 +372,61 @@ class _Chain:
           owner = i
         else:
           states[i] = s._replace(count=None)
-    self._remember(jax.tree.structure(params), states)
+    return states
+
+  def init(self, params: Params) -> Any:
+    states = self._init_flat(params)
+    self._remember(_tree_key(params), states)
     return _nest(self.layout, states)
 
-  def _remember(self, treedef: Any, states: list[Any]) -> None:
+  def _remember(self, key: Any, states: list[Any]) -> None:
     if len(self.known_states) > 64:
       self.known_states.clear()
-    self.known_states[treedef] = [type(x) for x in states]
+    self.known_states[key] = [
+        (type(s), jax.tree.structure(s), [jnp.shape(x) for x in jax.tree.leaves(s)])
+        for s in states]
 
-  def check(self, states: list[Any], updates: Updates, params: Params | None) -> None:
+  def check(self, states: list[Any], updates: Updates, params: Params | None) -> bool:
     """Clear errors before any part runs: float updates, params like updates, and each part's
-    state of the type that part's init() makes (else the state is from a different optimizer)."""
+    state of the type that part's init() makes (else the state is from a different optimizer).
+
+    Returns whether every part's state has exactly the structure and shapes its init() makes
+    for these updates: then the parts need not check their trees again (`trees_checked`). When
+    not, the parts' own checks run and name the offending leaf.
+    """
     from gradxform import _tree  # local: _tree is a leaf module, kept free of imports from here
     _tree.check_floating(self.name, updates)
     if params is not None:
       _tree.check_same_structure(self.name, params, updates, "params", "updates")
       _tree.check_shapes(self.name, params, updates, "params", "updates")
-    treedef = jax.tree.structure(updates)
-    if treedef not in self.known_states:
+    key = _tree_key(updates)
+    if key not in self.known_states:
       try:
-        shapes = jax.eval_shape(lambda u: [tx.init(u) for tx in self.parts], updates)
+        shapes = jax.eval_shape(self._init_flat, updates)
       except Exception:  # noqa: BLE001 - a part's init fails on these updates: its update says why
-        return
-      self._remember(treedef, shapes)
-    for i, (tx, want, got) in enumerate(zip(self.parts, self.known_states[treedef], states)):
-      if want is not type(got):
+        return False
+      self._remember(key, shapes)
+    matches = True
+    for i, (tx, (kind, structure, leaf_shapes), got) in enumerate(
+        zip(self.parts, self.known_states[key], states)):
+      if kind is not type(got):
         what = meta(tx, "name") or "transform"
         raise ValueError(
-            f"{self.name}.update: part {i} ({what}) expected a {want.__name__} state, got "
+            f"{self.name}.update: part {i} ({what}) expected a {kind.__name__} state, got "
             f"{type(got).__name__}. The state was made by a different optimizer or chain: pass "
             "the state that this optimizer's own init() returned.")
+      matches = matches and jax.tree.structure(got) == structure and leaf_shapes == [
+          jnp.shape(x) for x in jax.tree.leaves(got)]
+    return matches
 
   def update(self, updates: Updates, state: Any, params: Params | None,
              extra: dict[str, Any]) -> tuple[Updates, Any]:
     states: list[Any] = [None] * len(self.parts)
     _unnest(self.name, self.layout, state, states)
-    self.check(states, updates, params)
     extra = dict(extra)
+    # An enclosing chain that checked its parts' states checked this one's too.
+    if not extra.pop(CHECKED_KEY, False) and self.check(states, updates, params):
+      extra[CHECKED_KEY] = True
     extra.pop(COUNT_KEY, None)
     grad = extra.pop(GRAD_KEY, None)
     count = next((s.count for tx, s in zip(self.parts, states)
@@ -336,9 +452,18 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
   and holds as many step counters (the parts of nested chains run as one flat sequence); only
   the state keeps the nesting, `((sa, sb), sc)`.
 
+  In symbols, starting from `u = g`: `(u, s_i) ← t_i.update(u, s_i, params)` for `i = 1 … n`.
+
   Example:
     >>> tx = gx.chain(gx.clip_by_global_norm(1.0), gx.scale_by_momentum(0.9),
     ...               gx.scale_by_learning_rate(0.1))
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+    >>> updates["b"]                      # −0.1 · g/‖g‖, with ‖g‖ = √(6 · 0.5²)
+    Array([-0.04082483, -0.04082483], dtype=float32)
+
+  References:
+    Babuschkin et al., "The DeepMind JAX ecosystem", 2020: Optax's `chain`
+    (https://github.com/google-deepmind/optax); the protocol is in BUILD_NOTES.md.
   """
   parts = [_as_transform(t, f"chain argument {i}") for i, t in enumerate(transforms)]
   flat = _Chain("chain", parts, None)
@@ -356,7 +481,12 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
 
   Example:
     >>> tx = gx.named_chain(("clip", gx.clip(1.0)), ("sgd", gx.sgd(0.1)))
-    >>> state = tx.init(params); state["sgd"]
+    >>> state = tx.init(params)
+    >>> sorted(state)
+    ['clip', 'sgd']
+
+  References:
+    Optax's `named_chain` (https://github.com/google-deepmind/optax).
   """
   names = [n for n, _ in transforms]
   if len(set(names)) != len(names):
@@ -379,6 +509,15 @@ def apply_updates(params: Params, updates: Updates) -> Params:
   """Returns `params + updates` leaf-wise, each result in its parameter's dtype.
 
   `None` leaves (in both trees) pass through.
+
+  `θ ← θ + u`: the updates already carry the sign and the learning rate.
+
+  Example:
+    >>> gx.apply_updates(params, grads)["b"]
+    Array([0.6, 0.4], dtype=float32)
+
+  References:
+    Optax's `apply_updates` (https://github.com/google-deepmind/optax).
   """
   def add(p, u):
     if p is None:
@@ -392,7 +531,18 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
 @transform
 def identity() -> GradientTransformation:
-  """Passes updates through unchanged; no state."""
+  """Passes updates through unchanged; no state.
+
+  `u ← u`.
+
+  Example:
+    >>> tx = gx.identity()
+    >>> tx.update(grads, tx.init(params))[0]["b"]
+    Array([0.5, 0.5], dtype=float32)
+
+  References:
+    Optax's `identity` (https://github.com/google-deepmind/optax).
+  """
 
   def init(params):
     del params
@@ -405,7 +555,31 @@ def identity() -> GradientTransformation:
   return GradientTransformation(init, update)
 
 
+def trees_checked(extra: dict[str, Any]) -> bool:
+  """Whether the enclosing chain has already checked this part's state against the updates
+  (structure and shapes, as its init() makes them): then the part need not check again.
+
+  Example:
+    >>> gx.trees_checked({})                          # alone: nothing has been checked
+    False
+
+  References:
+    The chain protocol in BUILD_NOTES.md.
+  """
+  return bool(extra.get(CHECKED_KEY, False))
+
+
 def raw_gradient(updates: Updates, extra: dict[str, Any]) -> Updates:
-  """The gradient a second-moment transform squares: `extra['grad']` in a chain, else `updates`."""
+  """The gradient a second-moment transform squares: `extra['grad']` in a chain, else `updates`.
+
+  Example:
+    >>> gx.raw_gradient(grads, {})["b"]                   # alone: the incoming updates
+    Array([0.5, 0.5], dtype=float32)
+    >>> gx.raw_gradient(grads, {"grad": params})["b"]     # in a chain: the gradient it passes
+    Array([ 0.1, -0.1], dtype=float32)
+
+  References:
+    The chain protocol in BUILD_NOTES.md; docs/guide/composing.md uses it in a transform.
+  """
   grad = extra.get(GRAD_KEY)
   return updates if grad is None else grad

@@ -40,11 +40,18 @@ def cast(x: jax.Array, dtype: Any) -> jax.Array:
   return x if x.dtype == dtype else x.astype(dtype)
 
 
-def ema(new: jax.Array, old: jax.Array, decay: Any) -> jax.Array:
-  """`decay * old + (1 - decay) * new` in the compute dtype, returned in `old`'s dtype."""
-  cd = compute_dtype(new, old)
-  out = decay * cast(old, cd) + (1.0 - decay) * cast(new, cd)
-  return cast(out, old.dtype)
+def ema(old: jax.Array, new: jax.Array, decay: Any, *, squared: bool = False) -> jax.Array:
+  """One step of an exponential moving average: `decay · old + (1 − decay) · new`.
+
+  With `squared`, the average of `new²` (a second moment), rounded as the equation reads:
+  `decay · old + ((1 − decay) · new) · new`. The arithmetic is in the compute dtype of `old`
+  and `new`, and so is the result: a transform uses the unrounded average within the step and
+  casts it to its state's dtype only to store it. `decay` is a float or a (traced) scalar.
+  """
+  cd = compute_dtype(old, new)
+  old, new = cast(old, cd), cast(new, cd)
+  scaled = (1.0 - decay) * new
+  return decay * old + (scaled * new if squared else scaled)
 
 
 def scalar_dtype() -> Any:
@@ -111,12 +118,3 @@ def _floating_params(params: Any, state_dtype: Any) -> None:
   if state_dtype is None:
     from gradxform._tree import check_floating
     check_floating("init", params, "params")
-
-
-def hyper(value: Any, step: jax.Array | None = None) -> Any:
-  """A hyperparameter's value at `step`: schedules are called, numbers pass through."""
-  if callable(value):
-    if step is None:
-      raise ValueError("a schedule needs a step count")
-    return value(step)
-  return value

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gradxform._base import COUNT_KEY, GRAD_KEY, GradientTransformation, transform
+from gradxform._base import CHECKED_KEY, COUNT_KEY, GRAD_KEY, GradientTransformation, transform
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
   import optax
 
 #: The extras `chain` adds for its own parts; never forwarded to a foreign transform.
-RESERVED_EXTRAS = frozenset({GRAD_KEY, COUNT_KEY})
+RESERVED_EXTRAS = frozenset({GRAD_KEY, COUNT_KEY, CHECKED_KEY})
 
 
 def _takes_extra_args(tx: Any) -> bool:
@@ -41,9 +41,9 @@ def from_optax(optax_transform: Any) -> GradientTransformation:
   """Wraps an Optax transform for use inside gradxform (`chain`, `masked`, `partition`, ...).
 
   `u, s ← optax_transform.update(u, s, params, **extra')`, where `extra'` is the caller's extra
-  keyword arguments without gradxform's reserved `grad` and `count`, and is empty when the
-  Optax transform is a plain `optax.GradientTransformation` (which takes no extras). The state
-  is the Optax transform's own state, unchanged.
+  keyword arguments without gradxform's reserved `grad`, `count` and `trees_checked`, and is
+  empty when the Optax transform is a plain `optax.GradientTransformation` (which takes no
+  extras). The state is the Optax transform's own state, unchanged.
 
   Args:
     optax_transform: an `optax.GradientTransformation` or

@@ -1,6 +1,7 @@
 """A small kit for checking a transform you wrote (built on chex).
 
     >>> import gradxform.testing as gxt
+    >>> my_tx = gx.sgd(0.1, momentum=0.9)
     >>> gxt.check_transform(my_tx, params)                      # all checks
     >>> gxt.check_jit(my_tx, params, grads)                     # or one at a time
 

@@ -1,4 +1,5 @@
-"""Float64 NumPy references, written from the equations of ALGORITHMS.md (not from gradxform).
+"""Float64 NumPy references, written from the equations of docs/ALGORITHMS.md (not from
+gradxform).
 
 Every algorithm here is element-wise, so a reference works on one flat float64 vector: the
 leaves of a parameter tree concatenated (`flatten` / `unflatten`). A reference is a class with

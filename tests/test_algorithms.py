@@ -1,4 +1,5 @@
-"""Every algorithm of API.md §3 against a float64 NumPy reference written from ALGORITHMS.md.
+"""Every algorithm of API.md §3 against a float64 NumPy reference written from
+docs/ALGORITHMS.md.
 
 Each case runs the same 100 random gradients on a small multi-leaf tree (nested dicts, a
 scalar leaf) through gradxform in float32 (one `jax.jit` of a `lax.scan` per configuration)
@@ -254,7 +255,7 @@ OPTAX_SAME = {
     "radam_eps0": (gx.radam(0.01, eps=0.0), optax.radam(0.01, eps=0.0)),
 }
 
-# Same-looking settings whose convention differs (documented in docs/notes/algorithms.md).
+# Same-looking settings whose convention differs (BUILD_NOTES.md, "Conventions that differ").
 OPTAX_DIFFERENT = {
     "adamax_eps": (gx.adamax(0.01, eps=1e-2), optax.adamax(0.01, eps=1e-2)),
     "radam_eps": (gx.radam(0.01, eps=1e-2), optax.radam(0.01, eps=1e-2)),
@@ -276,7 +277,7 @@ def test_matches_optax(name):
   """Run both in float64, so that a convention difference cannot hide in float32 rounding.
 
   (In float32 Optax computes `1 − β^t` and RAdam's `ρ_t` with plain powers: its RAdam step
-  is 1e-2 relative off the float64 value at t = 6; see docs/notes/algorithms.md.)
+  is 1e-2 relative off the float64 value at t = 6; see BUILD_NOTES.md, "Adam family".)
   """
   ours, theirs = OPTAX_SAME[name]
   with jax.enable_x64(True):

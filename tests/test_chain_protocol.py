@@ -10,6 +10,7 @@
   is never a running average, and counts nothing (its documented behaviour).
 """
 
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -264,3 +265,31 @@ def test_state_layouts_unchanged_since_before_the_flat_chain():
   assert old["treedef"].endswith("CustomNode(namedtuple[ScheduleState], [*])))")
   assert new["treedef"].endswith("CustomNode(namedtuple[ScheduleState], [None])))")
   assert new["leaves"] == old["leaves"][:-1] and old["leaves"][-1] == [[], "int32"]
+
+
+def test_tree_checks_run_once_per_chain_step(monkeypatch):
+  """In a chain the parts do not check their trees again once the chain has verified every
+  part's state against what its init() makes; alone, or with a wrong state, they do."""
+  import gradxform._tree as tree_checks
+  calls = []
+  original = tree_checks.check_updates
+
+  def counting(*args, **kwargs):
+    calls.append(args[0])
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(tree_checks, "check_updates", counting)
+  params, grads = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _problem(7))
+  tx = gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(0.1), gx.ema_params(0.9))
+  state = tx.init(params)
+  tx.update(grads[0], state, params)
+  assert calls == []
+  rms = gx.scale_by_rms(0.9)
+  rms.update(grads[0], rms.init(params), params)
+  assert calls == ["scale_by_rms"]
+  # a state for other shapes: the chain leaves the check to the parts, which name the leaf
+  calls.clear()
+  other = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(2)}
+  with pytest.raises(ValueError, match=re.escape("shape mismatch at ['w']")):
+    tx.update(grads[0], tx.init(other), None)
+  assert calls and calls[0] == "scale_by_momentum"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,3 +166,62 @@ def test_foreign_factory_optax():
   plain, _ = run(optax.adamw(**kwargs))
   assert_trees_close(injected, plain, 1e-5)
   assert set(state.hyperparams) == {"learning_rate", "b1", "weight_decay"}   # mask: static
+
+
+def test_users_factory_declares_its_hyperparameters():
+  """A factory decorated with gx.transform(hyperparams=...) gets exactly those injected; its
+  other numeric arguments (here an int seed and an undeclared float) are passed as they are."""
+
+  @gx.transform(hyperparams=("decay", "scale"))
+  def scaled_momentum(decay: float = 0.9, scale: float = 1.0, *, offset: float = 0.0,
+                      seed: int = 0):
+    del seed
+    inner = gx.scale_by_momentum(decay)
+
+    def update(updates, state, params=None, **extra):
+      u, state = inner.update(updates, state, params, **extra)
+      return jax.tree.map(lambda x: scale * x + offset, u), state
+
+    return gx.GradientTransformation(inner.init, update)
+
+  tx = gx.inject_hyperparams(scaled_momentum)(decay=0.5, scale=2.0, offset=0.25, seed=3)
+  state = tx.init(PARAMS)
+  assert sorted(state.hyperparams) == ["decay", "scale"]
+  g = {"w": jnp.ones(3), "b": jnp.array(2.0)}
+  u, state = jax.jit(tx.update)(g, state)
+  np.testing.assert_allclose(u["b"], 2.0 * 2.0 + 0.25)              # b = g on the first step
+  state = state.with_hyperparams(scale=-1.0)
+  u, state = jax.jit(tx.update)(g, state)
+  np.testing.assert_allclose(u["b"], -(0.5 * 2.0 + 2.0) + 0.25)     # b = 0.5 b + g
+  with pytest.raises(KeyError, match="declares as hyperparameters"):
+    state.with_hyperparams(offset=0.0)
+  # A declared hyperparameter may be a schedule: evaluated at each step, logged in the state.
+  tx = gx.inject_hyperparams(scaled_momentum)(decay=0.0, scale=lambda t: 1.0 + t)
+  state = tx.init(PARAMS)
+  for step in range(3):
+    u, state = tx.update(g, state)
+    np.testing.assert_allclose(u["b"], 2.0 * (1.0 + step))
+    np.testing.assert_allclose(state.hyperparams["scale"], 1.0 + step)
+
+
+def test_declaration_names_real_parameters():
+  with pytest.raises(TypeError, match=r"hyperparams \['lr'\] are not parameters"):
+    @gx.transform(hyperparams=("lr",))
+    def bad(learning_rate: float):
+      return gx.scale(-learning_rate)
+
+
+def test_undeclared_plain_factory_reads_its_annotations():
+  """A plain function (no declaration): a float annotation takes a number, a callable one is
+  passed as is, an int stays static, an unannotated parameter takes a number or a schedule."""
+  seen = {}
+
+  def plain(learning_rate, decay: float, fn: Callable[[Any], Any], steps: int):
+    seen.update(decay=decay, fn=fn, steps=steps)
+    return gx.chain(gx.scale_by_momentum(decay), gx.scale_by_learning_rate(learning_rate))
+
+  ident = lambda x: x   # noqa: E731 - a function argument that is not a schedule
+  tx = gx.inject_hyperparams(plain)(learning_rate=lambda t: 0.1, decay=0.9, fn=ident, steps=5)
+  state = tx.init(PARAMS)
+  assert sorted(state.hyperparams) == ["decay", "learning_rate"]
+  assert seen["fn"] is ident and seen["steps"] == 5

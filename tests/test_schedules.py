@@ -362,7 +362,7 @@ def test_one_cycle_after_the_cycle(anneal, total, pct):
   close(values(s, [total - 1, total, total + 50]), [2.0 / 25 / 1e4] * 3, rtol=3e-6)
 
 
-# --- sign decays (ALGORITHMS.md) ---------------------------------------------------------------
+# --- sign decays (docs/ALGORITHMS.md) ----------------------------------------------------------
 
 def test_linear_sign_decay():
   close(values(gx.linear_sign_decay(100)), np.maximum(0, (100 - np.minimum(STEPS, 100)) / 100),

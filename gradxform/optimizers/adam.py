@@ -31,7 +31,7 @@ def adam_direction(b1: float, b2: float, eps: float, eps_root: float = 0.0,
                        state_dtype=state_dtype)]
 
 
-@transform
+@transform(hyperparams=("learning_rate", "b1", "b2", "eps", "eps_root"))
 def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
          eps: float = 1e-8, *, eps_root: float = 0.0,
          state_dtype: Any = None) -> GradientTransformation:
@@ -49,6 +49,12 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
     state_dtype: dtype of both moments (e.g. float32 moments for bf16 parameters, or
       bfloat16 moments to halve the state).
 
+  Example:
+    >>> tx = gx.adam(1e-3)
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+    >>> jnp.round(updates["b"], 6)            # the first step is −η · g/|g|, up to ε
+    Array([-0.001, -0.001], dtype=float32)
+
   References:
     Kingma & Ba, "Adam: A method for stochastic optimization", ICLR 2015.
   """
@@ -58,7 +64,7 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                scale_by_learning_rate(learning_rate))
 
 
-@transform
+@transform(hyperparams=("learning_rate", "b1", "b2", "eps", "weight_decay", "eps_root"))
 def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
           eps: float = 1e-8, *, weight_decay: ScalarOrSchedule = 1e-2,
           mask: Mask | None = None, eps_root: float = 0.0,
@@ -68,19 +74,24 @@ def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   Chain: Adam's direction → `decoupled_weight_decay(λ, mask)` → `scale_by_learning_rate(η)`.
   `mask` (a bool tree or a function of params) selects the decayed leaves, e.g. not biases.
 
+  Example:
+    >>> tx = gx.adamw(1e-3, weight_decay=0.1)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> jnp.round(updates["b"], 6)            # −η (1 + λθ), θ = (0.1, −0.1)
+    Array([-0.00101, -0.00099], dtype=float32)
+
   References:
     Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
   """
   _check.learning_rate("adamw", learning_rate)
   _betas("adamw", b1, b2, eps)
-  if not callable(weight_decay):
-    _check.non_negative("adamw", "weight_decay", weight_decay)
+  _check.non_negative_or_schedule("adamw", "weight_decay", weight_decay)
   return chain(*adam_direction(b1, b2, eps, eps_root, state_dtype),
                decoupled_weight_decay(weight_decay, mask=mask),
                scale_by_learning_rate(learning_rate))
 
 
-@transform
+@transform(hyperparams=("learning_rate", "b1", "b2", "eps"))
 def adamax(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
            eps: float = 1e-8, *, eps_in_max: bool = False,
            state_dtype: Any = None) -> GradientTransformation:
@@ -89,6 +100,12 @@ def adamax(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   `eps_in_max=True` is torch's form: `u ← max(β2 u, |g| + ε)`, `θ ← θ − (η/(1−β1^t)) m/u`.
   Chain: `scale_by_momentum(b1, ema=True)` → `bias_correction(b1)` →
   `scale_by_inf_norm(b2, eps)` → `scale_by_learning_rate(η)`.
+
+  Example:
+    >>> tx = gx.adamax(2e-3)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> jnp.round(updates["b"], 6)            # m̂ = g and u = |g| on the first step
+    Array([-0.002, -0.002], dtype=float32)
 
   References:
     Kingma & Ba, ICLR 2015, section 7.1.
@@ -101,7 +118,7 @@ def adamax(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                scale_by_learning_rate(learning_rate))
 
 
-@transform
+@transform(hyperparams=("learning_rate", "b1", "b2", "eps", "momentum_decay"))
 def nadam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
           eps: float = 1e-8, *, momentum_decay: float | None = None,
           state_dtype: Any = None) -> GradientTransformation:
@@ -113,6 +130,12 @@ def nadam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   schedule `μ_t = β1 (1 − ½·0.96^{tψ})` (see `scale_by_nadam_momentum`).
   Chain: `scale_by_nadam_momentum` → `scale_by_rms(b2, eps, eps_in_sqrt=False,
   bias_correction=True)` → `scale_by_learning_rate(η)`.
+
+  Example:
+    >>> tx = gx.nadam(1e-3)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> jnp.round(updates["b"], 5)            # −η (0.9 · 0.05/(1 − 0.9²) + 0.05/0.1) / 0.5
+    Array([-0.00147, -0.00147], dtype=float32)
 
   References:
     Dozat, "Incorporating Nesterov momentum into Adam", ICLR workshop 2016.
@@ -126,7 +149,7 @@ def nadam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                scale_by_learning_rate(learning_rate))
 
 
-@transform
+@transform(hyperparams=("learning_rate", "b1", "b2", "eps"))
 def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
             eps: float = 1e-8, *, bias_correction: bool = True,
             state_dtype: Any = None) -> GradientTransformation:
@@ -136,6 +159,12 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   `bias_correction=False`, Reddi et al.'s form: `θ ← θ − η m / (√v_max + ε)`.
   Chain: `scale_by_momentum(b1, ema=True)` → `bias_correction(b1)` (when corrected) →
   `scale_by_amsgrad(b2, eps)` → `scale_by_learning_rate(η)`.
+
+  Example:
+    >>> tx = gx.amsgrad(1e-3)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> jnp.round(updates["b"], 6)            # as Adam on the first step
+    Array([-0.001, -0.001], dtype=float32)
 
   References:
     Reddi, Kale & Kumar, "On the convergence of Adam and beyond", ICLR 2018.
@@ -151,7 +180,7 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   return chain(*parts)
 
 
-@transform
+@transform(hyperparams=("learning_rate", "b1", "b2", "eps", "threshold"))
 def radam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
           eps: float = 1e-8, *, threshold: float = 5.0,
           state_dtype: Any = None) -> GradientTransformation:
@@ -161,6 +190,12 @@ def radam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   (see `scale_by_rectification`). Equal to torch.optim.RAdam.
   Chain: `scale_by_momentum(b1, ema=True)` → `bias_correction(b1)` →
   `scale_by_rectification(b2, eps, threshold)` → `scale_by_learning_rate(η)`.
+
+  Example:
+    >>> tx = gx.radam(1e-3)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates["b"]                          # ρ_1 ≤ 5: the step is −η m̂ = −η g
+    Array([-0.0005, -0.0005], dtype=float32)
 
   References:
     Liu et al., "On the variance of the adaptive learning rate and beyond", ICLR 2020.

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, require_params, transform
+from gradxform._base import GradientTransformation, require_params, transform, trees_checked
 from gradxform._tree import map_unzip
 
 
@@ -17,7 +17,7 @@ class ElasticState(NamedTuple):
   center: Any  # the centre variable x̃, like params, identical on every replica
 
 
-@transform
+@transform(hyperparams=("alpha",))
 def elastic_averaging(axis_name: Any, alpha: float) -> GradientTransformation:
   """Elastic averaging: each replica is pulled towards a shared centre, the centre towards them.
 
@@ -39,6 +39,20 @@ def elastic_averaging(axis_name: Any, alpha: float) -> GradientTransformation:
   State: `ElasticState(center)`, the centre variable, equal to the parameters given to
   `init` (replicas must start identical) and kept identical on every replica by the `psum`.
 
+  Example:
+    >>> n = jax.local_device_count()
+    >>> tx = gx.chain(gx.sgd(0.1), gx.elastic_averaging("batch", 0.5 / n))
+    >>> def two_steps(x, g):
+    ...   state = tx.init(x)
+    ...   for _ in range(2):
+    ...     u, state = tx.update(g, state, x)
+    ...     x = gx.apply_updates(x, u)
+    ...   return x, state
+    >>> x, state = jax.pmap(two_steps, axis_name="batch")(
+    ...     {"w": jnp.zeros(n)}, {"w": jnp.arange(n, dtype=jnp.float32)})  # one gradient each
+    >>> bool(jnp.all(state[1].center["w"] == state[1].center["w"][0]))  # one shared centre
+    True
+
   References:
     Zhang, Choromanska & LeCun, "Deep learning with elastic averaging SGD", NeurIPS 2015,
     https://arxiv.org/abs/1412.6651 (equations 5–6, synchronous EASGD).
@@ -51,16 +65,16 @@ def elastic_averaging(axis_name: Any, alpha: float) -> GradientTransformation:
 
   def leaf(u, x, c):
     cd = _numerics.compute_dtype(u, x, c)
-    diff = x.astype(cd) - c.astype(cd)
-    out = u.astype(cd) - alpha * diff
-    new_c = c.astype(cd) + alpha * jax.lax.psum(diff, axis_name)
-    return out.astype(u.dtype), new_c.astype(c.dtype)
+    diff = _numerics.cast(x, cd) - _numerics.cast(c, cd)
+    out = _numerics.cast(u, cd) - alpha * diff
+    new_c = _numerics.cast(c, cd) + alpha * jax.lax.psum(diff, axis_name)
+    return _numerics.cast(out, u.dtype), _numerics.cast(new_c, c.dtype)
 
   def update(updates, state, params=None, **extra):
-    del extra
     params = require_params(where, params)
-    _tree.check_updates(where, state.center, updates)
-    _tree.check_same_structure(where, state.center, params, "state", "params")
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.center, updates)
+      _tree.check_same_structure(where, state.center, params, "state", "params")
     out, center = map_unzip(leaf, 2, updates, params, state.center)
     return out, ElasticState(center=center)
 

@@ -43,13 +43,27 @@ def periodic_average(axis_name: Any, every_k: int) -> GradientTransformation:
 
   State: `PeriodicAverageState(count)`.
 
+  Example:
+    >>> n = jax.local_device_count()
+    >>> tx = gx.chain(gx.sgd(0.1), gx.periodic_average("batch", every_k=2))
+    >>> def two_steps(x, g):
+    ...   state = tx.init(x)
+    ...   for _ in range(2):
+    ...     u, state = tx.update(g, state, x)
+    ...     x = gx.apply_updates(x, u)
+    ...   return x
+    >>> x = jax.pmap(two_steps, axis_name="batch")(
+    ...     {"w": jnp.zeros(n)}, {"w": jnp.arange(n, dtype=jnp.float32)})  # one gradient each
+    >>> bool(jnp.allclose(x["w"], -0.2 * (n - 1) / 2))    # averaged after the second step
+    True
+
   References:
     Stich, "Local SGD converges fast and communicates little", ICLR 2019;
     Lin et al., "Don't use large mini-batches, use local SGD", ICLR 2020;
     Dean et al., "Large scale distributed deep networks" (Downpour SGD), NeurIPS 2012.
   """
   where = "periodic_average"
-  every_k = _check.positive_int(where, "every_k", every_k)
+  every_k = _check.integer(where, "every_k", every_k, minimum=1)
 
   def init(params):
     del params
@@ -58,8 +72,8 @@ def periodic_average(axis_name: Any, every_k: int) -> GradientTransformation:
   def average(updates, params):
     def leaf(u, x):
       cd = _numerics.compute_dtype(u, x)
-      new_x = x.astype(cd) + u.astype(cd)
-      return (jax.lax.pmean(new_x, axis_name) - x.astype(cd)).astype(u.dtype)
+      new_x = _numerics.cast(x, cd) + _numerics.cast(u, cd)
+      return _numerics.cast(jax.lax.pmean(new_x, axis_name) - _numerics.cast(x, cd), u.dtype)
     return jax.tree.map(leaf, updates, params)
 
   def update(updates, state, params=None, **extra):

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradxform import _check
+from gradxform import _check, _numerics
 from gradxform._base import EmptyState, GradientTransformation, transform
 
 _ALREADY_REDUCED = ("error", "mean", "sum")
@@ -70,6 +70,14 @@ def cross_replica_mean(axis_name: Any, *, already_reduced: str = "error") -> Gra
 
   State: `EmptyState()`.
 
+  Example:
+    >>> tx = gx.chain(gx.cross_replica_mean("batch"), gx.sgd(0.1))
+    >>> n = jax.local_device_count()
+    >>> g = {"w": jnp.arange(n, dtype=jnp.float32)}           # one gradient per device
+    >>> out, _ = jax.pmap(lambda g: tx.update(g, tx.init(g)), axis_name="batch")(g)
+    >>> bool(jnp.allclose(out["w"], -0.1 * (n - 1) / 2))      # every replica: −η · the mean
+    True
+
   References:
     Dean et al., "Large scale distributed deep networks", NeurIPS 2012 (synchronous
     data-parallel SGD); Goyal et al., "Accurate, large minibatch SGD", 2017.
@@ -93,7 +101,7 @@ def cross_replica_mean(axis_name: Any, *, already_reduced: str = "error") -> Gra
         raise ValueError(_INVARIANT_MESSAGE.format(path=jax.tree_util.keystr(path) or "<root>",
                                                    axis=axis_name))
       if already_reduced == "sum":
-        return (u / size).astype(u.dtype)
+        return _numerics.cast(u / size, u.dtype)
       return u
 
     return jax.tree_util.tree_map_with_path(leaf, updates), state

@@ -40,7 +40,7 @@ def shardings(tree: Any) -> Any:
 
 
 def specs(tree: Any) -> Any:
-  """The tree of each leaf's `PartitionSpec` (normalized: trailing `None`s dropped)."""
+  """The tree of each leaf's `PartitionSpec` (normalized: trailing `None` entries dropped)."""
   def spec(x):
     entries = list(x.sharding.spec)
     while entries and entries[-1] is None:

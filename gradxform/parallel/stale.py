@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from gradxform import _numerics, _tree
+from gradxform import _check, _numerics, _tree
 from gradxform._base import GradientTransformation, next_count, step_count, transform
 
 
@@ -18,12 +17,6 @@ class StaleState(NamedTuple):
   count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
   key: jax.Array           # uint32[2] PRNG key drawing the random delays (unused when fixed)
   buffer: Any              # like params with a leading axis of max(delay, max_delay) slots
-
-
-def _delay_arg(where: str, name: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-    raise ValueError(f"{where}: {name} must be a non-negative integer, got {value!r}")
-  return int(value)
 
 
 @transform(shares_count=True)
@@ -51,6 +44,14 @@ def stale_gradients(delay: int, *, max_delay: int | None = None,
   State: `StaleState(count, key, buffer)`: a ring buffer of the last `max(delay, max_delay)`
   incoming updates (update of step `s` in slot `(s − 1) mod L`), and the key of the next draw.
 
+  Example:
+    >>> tx = gx.stale_gradients(1)
+    >>> state = tx.init(params)
+    >>> first, state = tx.update(grads, state)
+    >>> second, state = tx.update(jax.tree.map(lambda g: 2 * g, grads), state)
+    >>> first["b"], second["b"]               # zero, then the first step's update
+    (Array([0., 0.], dtype=float32), Array([0.5, 0.5], dtype=float32))
+
   References:
     Recht et al., "Hogwild!: A lock-free approach to parallelizing stochastic gradient
     descent", NeurIPS 2011; Dean et al., "Large scale distributed deep networks", NeurIPS 2012;
@@ -58,14 +59,11 @@ def stale_gradients(delay: int, *, max_delay: int | None = None,
     NeurIPS 2015 (the bounded-delay model).
   """
   where = "stale_gradients"
-  delay = _delay_arg(where, "delay", delay)
+  delay = _check.integer(where, "delay", delay, minimum=0)
   if max_delay is not None:
-    max_delay = _delay_arg(where, "max_delay", max_delay)
-    if max_delay < delay:
-      raise ValueError(f"{where}: max_delay must be >= delay, got max_delay={max_delay} < "
-                       f"delay={delay}")
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise ValueError(f"{where}: seed must be an int, got {seed!r}")
+    max_delay = _check.integer(where, "max_delay", max_delay, minimum=0)
+    _check.ordered(where, ("delay", delay), ("max_delay", max_delay))
+  seed = _check.integer(where, "seed", seed)
   slots = max(delay, max_delay or 0)
   random = max_delay is not None and max_delay > delay
 
@@ -94,9 +92,11 @@ def stale_gradients(delay: int, *, max_delay: int | None = None,
     write_slot = (t - 1) % slots
 
     def leaf(u, buf):
-      past = jax.lax.dynamic_index_in_dim(buf, read_slot, keepdims=False).astype(u.dtype)
+      past = _numerics.cast(jax.lax.dynamic_index_in_dim(buf, read_slot, keepdims=False),
+                            u.dtype)
       out = jnp.where(tau == 0, u, jnp.where(source >= 1, past, jnp.zeros_like(u)))
-      new_buf = jax.lax.dynamic_update_index_in_dim(buf, u.astype(buf.dtype), write_slot, 0)
+      new_buf = jax.lax.dynamic_update_index_in_dim(buf, _numerics.cast(u, buf.dtype),
+                                                    write_slot, 0)
       return out, new_buf
 
     out, buffer = _tree.map_unzip(leaf, 2, updates, state.buffer)

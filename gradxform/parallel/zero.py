@@ -15,12 +15,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gradxform import _check
 from gradxform._base import GradientTransformation, transform
 
 
 def _axis_size(mesh: Mesh, axis_name: str) -> int:
-  if axis_name not in mesh.shape:
-    raise ValueError(f"zero1: the mesh has no axis {axis_name!r} (axes: {tuple(mesh.shape)})")
+  _check.requires("zero1", axis_name in mesh.shape,
+                  f"the mesh has no axis {axis_name!r} (axes: {tuple(mesh.shape)})")
   return int(mesh.shape[axis_name])
 
 
@@ -42,10 +43,20 @@ def zero1_spec(shape: tuple[int, ...], size: int, axis_name: str = "data") -> Pa
 
 
 def zero1_shardings(tree: Any, mesh: Mesh, axis_name: str = "data") -> Any:
-  """A tree of `NamedSharding`s, one per leaf of `tree` (arrays or `ShapeDtypeStruct`s).
+  """A tree of `NamedSharding`, one per leaf of `tree` (arrays or `ShapeDtypeStruct` leaves).
 
   Use it as `out_shardings` of a jitted `init`/step, e.g. with
   `zero1_shardings(jax.eval_shape(tx.init, params), mesh)`.
+
+  Example:
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    >>> shapes = jax.eval_shape(gx.adam(1e-3).init, {"w": jnp.zeros((jax.device_count(), 4))})
+    >>> gx.zero1_shardings(shapes, mesh)[0].trace["w"].spec   # rows split over "data"
+    P('data', None)
+
+  References:
+    Rajbhandari et al., "ZeRO: Memory optimizations toward training trillion parameter
+    models", SC 2020.
   """
   size = _axis_size(mesh, axis_name)
   return jax.tree.map(lambda x: NamedSharding(mesh, zero1_spec(np.shape(x), size, axis_name)),
@@ -87,6 +98,15 @@ def zero1(inner: GradientTransformation, mesh: Mesh, *,
     axis_name: the data-parallel mesh axis.
 
   State: `inner`'s state, each leaf partitioned as above.
+
+  Example:
+    >>> from gradxform import parallel
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    >>> big = {"w": jnp.zeros((jax.device_count(), 4))}
+    >>> with jax.set_mesh(mesh):
+    ...   state = jax.jit(gx.zero1(gx.adam(1e-3), mesh).init)(parallel.replicate(big, mesh))
+    >>> max(parallel.state_bytes_per_device(state).values())   # one row of m and v, + count
+    36
 
   References:
     Rajbhandari et al., "ZeRO: Memory optimizations toward training trillion parameter

@@ -1,4 +1,4 @@
-"""Helpers shared by the schedule modules: argument checks and the step/value conventions.
+"""Helpers shared by the schedule modules: the step/value conventions and cosine arithmetic.
 
 Every schedule takes an integer step (a Python int or an int array, 0 at the first update) and
 returns a float32 scalar array. Arithmetic happens in `scalar_dtype()` (float32, or float64
@@ -8,8 +8,6 @@ traced step.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import jax
@@ -34,42 +32,6 @@ def as_float(step: jax.Array) -> jax.Array:
 
 def out(value: Any) -> jax.Array:
   return jnp.asarray(value).astype(OUT_DTYPE)
-
-
-def real(where: str, name: str, value: Any) -> float:
-  """A finite real number, as float."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-    raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
-  return float(value)
-
-
-def positive(where: str, name: str, value: Any) -> float:
-  value = real(where, name, value)
-  if not value > 0:
-    raise ValueError(f"{where}: {name} must be > 0, got {value!r}")
-  return value
-
-
-def non_negative(where: str, name: str, value: Any) -> float:
-  value = real(where, name, value)
-  if not value >= 0:
-    raise ValueError(f"{where}: {name} must be >= 0, got {value!r}")
-  return value
-
-
-def integer(where: str, name: str, value: Any, *, minimum: int) -> int:
-  """An integer >= minimum (integral floats such as 100.0 are accepted)."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-  if isinstance(value, numbers.Integral):
-    ivalue = int(value)
-  elif math.isfinite(value) and float(value).is_integer():
-    ivalue = int(float(value))
-  else:
-    raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-  if ivalue < minimum:
-    raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-  return ivalue
 
 
 def cosine_fraction(t: jax.Array, period: Any, rest: jax.Array | None = None) -> jax.Array:

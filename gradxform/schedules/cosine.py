@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradxform import _check
+from gradxform._base import Schedule
 from gradxform._equality import by_value
 from gradxform.schedules import _common as c
-
-Schedule = Callable[[Any], jax.Array]
 
 #: Most restarts `sgdr_schedule` tabulates (a period_mult very close to 1 needs many).
 MAX_RESTARTS = 1 << 17
@@ -34,14 +33,18 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, *, end_value: flo
     end_value: η_end.
     exponent: e > 0 (1: the plain cosine).
 
+  Example:
+    >>> jnp.round(gx.cosine_decay_schedule(1.0, 100)(jnp.array([0, 50, 100, 150])), 3)
+    Array([1. , 0.5, 0. , 0. ], dtype=float32)
+
   References:
     Loshchilov & Hutter, "SGDR: Stochastic gradient descent with warm restarts", ICLR 2017.
   """
   where = "cosine_decay_schedule"
-  init_value = c.real(where, "init_value", init_value)
-  decay_steps = c.integer(where, "decay_steps", decay_steps, minimum=1)
-  end_value = c.real(where, "end_value", end_value)
-  exponent = c.positive(where, "exponent", exponent)
+  init_value = _check.real(where, "init_value", init_value)
+  decay_steps = _check.integer(where, "decay_steps", decay_steps, minimum=1)
+  end_value = _check.real(where, "end_value", end_value)
+  exponent = _check.real(where, "exponent", exponent, gt=0.0)
 
   def schedule(step):
     s = c.as_float(jnp.minimum(c.as_step(step), decay_steps))
@@ -68,20 +71,24 @@ def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_st
     end_value: η_end, from step T on.
     exponent: e > 0 of the cosine part.
 
+  Example:
+    >>> schedule = gx.warmup_cosine_decay_schedule(0.0, 1.0, 10, 110)
+    >>> jnp.round(schedule(jnp.array([0, 5, 10, 60, 110])), 3)
+    Array([0. , 0.5, 1. , 0.5, 0. ], dtype=float32)
+
   References:
     Goyal et al., "Accurate, large minibatch SGD: training ImageNet in 1 hour", 2017
     (linear warm-up); Loshchilov & Hutter, "SGDR", ICLR 2017 (cosine annealing).
   """
   where = "warmup_cosine_decay_schedule"
-  init_value = c.real(where, "init_value", init_value)
-  peak_value = c.real(where, "peak_value", peak_value)
-  warmup_steps = c.integer(where, "warmup_steps", warmup_steps, minimum=0)
-  decay_steps = c.integer(where, "decay_steps", decay_steps, minimum=1)
-  end_value = c.real(where, "end_value", end_value)
-  exponent = c.positive(where, "exponent", exponent)
-  if decay_steps <= warmup_steps:
-    raise ValueError(f"{where}: decay_steps is the total length including the warm-up, so it "
-                     f"must exceed warmup_steps={warmup_steps}; got decay_steps={decay_steps}")
+  init_value = _check.real(where, "init_value", init_value)
+  peak_value = _check.real(where, "peak_value", peak_value)
+  warmup_steps = _check.integer(where, "warmup_steps", warmup_steps, minimum=0)
+  decay_steps = _check.integer(where, "decay_steps", decay_steps, minimum=1)
+  end_value = _check.real(where, "end_value", end_value)
+  exponent = _check.real(where, "exponent", exponent, gt=0.0)
+  _check.ordered(where, ("warmup_steps", warmup_steps), ("decay_steps", decay_steps),
+                 strict=True, why=" (decay_steps is the total length, warm-up included)")
   cosine_steps = decay_steps - warmup_steps
 
   def schedule(step):
@@ -150,16 +157,18 @@ def sgdr_schedule(init_value: float, first_period: int, *, period_mult: float = 
     period_mult: m ≥ 1, growth of the period at each restart.
     min_value: η_min, approached at the end of each period.
 
+  Example:
+    >>> jnp.round(gx.sgdr_schedule(1.0, 10)(jnp.array([0, 5, 10, 15])), 3)
+    Array([1. , 0.5, 1. , 0.5], dtype=float32)
+
   References:
     Loshchilov & Hutter, "SGDR: Stochastic gradient descent with warm restarts", ICLR 2017.
   """
   where = "sgdr_schedule"
-  init_value = c.real(where, "init_value", init_value)
-  first_period = c.integer(where, "first_period", first_period, minimum=1)
-  period_mult = c.real(where, "period_mult", period_mult)
-  if period_mult < 1.0:
-    raise ValueError(f"{where}: period_mult must be >= 1, got {period_mult!r}")
-  min_value = c.real(where, "min_value", min_value)
+  init_value = _check.real(where, "init_value", init_value)
+  first_period = _check.integer(where, "first_period", first_period, minimum=1)
+  period_mult = _check.real(where, "period_mult", period_mult, ge=1.0)
+  min_value = _check.real(where, "min_value", min_value)
   if period_mult == 1.0:
     def periodic(step):
       t_cur = c.as_float(c.as_step(step) % first_period)

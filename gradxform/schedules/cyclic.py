@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _check
+from gradxform._base import Schedule
 from gradxform._equality import by_value
 from gradxform.schedules import _common as c
-
-Schedule = Callable[[Any], jax.Array]
 
 
 @by_value
@@ -36,19 +33,21 @@ def cyclical_schedule(base_value: float, max_value: float, step_size_up: int, *,
     mode: "triangular", "triangular2" or "exp_range".
     gamma: the `exp_range` decay per step, in (0, 1].
 
+  Example:
+    >>> gx.cyclical_schedule(0.1, 1.0, 10)(jnp.array([0, 5, 10, 15, 20]))
+    Array([0.1 , 0.55, 1.  , 0.55, 0.1 ], dtype=float32)
+
   References:
     Smith, "Cyclical learning rates for training neural networks", WACV 2017.
   """
   where = "cyclical_schedule"
-  base_value = c.real(where, "base_value", base_value)
-  max_value = c.real(where, "max_value", max_value)
-  up = c.integer(where, "step_size_up", step_size_up, minimum=1)
-  down = up if step_size_down is None else c.integer(where, "step_size_down", step_size_down,
-                                                     minimum=1)
+  base_value = _check.real(where, "base_value", base_value)
+  max_value = _check.real(where, "max_value", max_value)
+  up = _check.integer(where, "step_size_up", step_size_up, minimum=1)
+  down = up if step_size_down is None else _check.integer(where, "step_size_down",
+                                                          step_size_down, minimum=1)
   mode = _check.one_of(where, "mode", mode, ("triangular", "triangular2", "exp_range"))
-  gamma = c.positive(where, "gamma", gamma)
-  if gamma > 1.0:
-    raise ValueError(f"{where}: gamma must be in (0, 1], got {gamma!r}")
+  gamma = _check.real(where, "gamma", gamma, gt=0.0, le=1.0)
   total = up + down
 
   def schedule(step):
@@ -87,18 +86,21 @@ def one_cycle_schedule(total_steps: int, max_value: float, *, pct_start: float =
     final_div_factor: `η_init / η_min` (> 0).
     anneal: "cos" or "linear".
 
+  Example:
+    >>> schedule = gx.one_cycle_schedule(100, 1.0)   # peak at step 0.3 · 100 − 1 = 29
+    >>> schedule(jnp.array([0, 29, 99]))
+    Array([4.e-02, 1.e+00, 4.e-06], dtype=float32)
+
   References:
     Smith & Topin, "Super-convergence: very fast training of neural networks using large
     learning rates", 2018.
   """
   where = "one_cycle_schedule"
-  total_steps = c.integer(where, "total_steps", total_steps, minimum=1)
-  max_value = c.real(where, "max_value", max_value)
-  pct_start = c.real(where, "pct_start", pct_start)
-  if not 0.0 <= pct_start <= 1.0:
-    raise ValueError(f"{where}: pct_start must be in [0, 1], got {pct_start!r}")
-  div_factor = c.positive(where, "div_factor", div_factor)
-  final_div_factor = c.positive(where, "final_div_factor", final_div_factor)
+  total_steps = _check.integer(where, "total_steps", total_steps, minimum=1)
+  max_value = _check.real(where, "max_value", max_value)
+  pct_start = _check.real(where, "pct_start", pct_start, ge=0.0, le=1.0)
+  div_factor = _check.real(where, "div_factor", div_factor, gt=0.0)
+  final_div_factor = _check.real(where, "final_div_factor", final_div_factor, gt=0.0)
   anneal = _check.one_of(where, "anneal", anneal, ("cos", "linear"))
   initial = max_value / div_factor
   final = initial / final_div_factor

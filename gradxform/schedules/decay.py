@@ -8,16 +8,16 @@ is decorated with `by_value`, so schedules built from equal arguments compare an
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradxform import _check
+from gradxform._base import Schedule
 from gradxform._equality import by_value
 from gradxform.schedules import _common as c
-
-Schedule = Callable[[Any], jax.Array]
 
 
 @by_value
@@ -26,8 +26,15 @@ def constant_schedule(value: float) -> Schedule:
 
   Args:
     value: the constant.
+
+  Example:
+    >>> gx.constant_schedule(0.1)(jnp.arange(3))
+    Array([0.1, 0.1, 0.1], dtype=float32)
+
+  References:
+    Optax's `constant_schedule` (https://github.com/google-deepmind/optax).
   """
-  value = c.real("constant_schedule", "value", value)
+  value = _check.real("constant_schedule", "value", value)
 
   def schedule(step):
     step = c.as_step(step)
@@ -46,16 +53,17 @@ def step_decay_schedule(init_value: float, step_size: int, gamma: float = 0.1) -
     gamma: multiplicative factor γ ≥ 0 of each decay.
 
   Example:
-    >>> gx.step_decay_schedule(0.1, 30)(60)   # 0.001
+    >>> gx.step_decay_schedule(0.1, 30)(jnp.array([0, 29, 30, 60]))
+    Array([0.1  , 0.1  , 0.01 , 0.001], dtype=float32)
 
   References:
     He, Zhang, Ren & Sun, "Deep residual learning for image recognition", CVPR 2016
     (learning rate ×0.1 at fixed steps).
   """
   where = "step_decay_schedule"
-  init_value = c.real(where, "init_value", init_value)
-  step_size = c.integer(where, "step_size", step_size, minimum=1)
-  gamma = c.non_negative(where, "gamma", gamma)
+  init_value = _check.real(where, "init_value", init_value)
+  step_size = _check.integer(where, "step_size", step_size, minimum=1)
+  gamma = _check.real(where, "gamma", gamma, ge=0.0)
 
   def schedule(step):
     step = c.as_step(step)
@@ -80,23 +88,25 @@ def piecewise_constant_schedule(init_value: float,
     boundaries_and_scales: a dict from boundary step (int ≥ 0) to multiplicative scale ≥ 0.
 
   Example:
-    >>> gx.piecewise_constant_schedule(0.1, {100: 0.1, 200: 0.1})   # 0.1, 0.01, 0.001
+    >>> schedule = gx.piecewise_constant_schedule(0.1, {100: 0.1, 200: 0.1})
+    >>> schedule(jnp.array([0, 99, 100, 200]))
+    Array([0.1  , 0.1  , 0.01 , 0.001], dtype=float32)
 
   References:
     He, Zhang, Ren & Sun, "Deep residual learning for image recognition", CVPR 2016.
   """
   where = "piecewise_constant_schedule"
-  init_value = c.real(where, "init_value", init_value)
+  init_value = _check.real(where, "init_value", init_value)
   if boundaries_and_scales is None:
     boundaries_and_scales = {}
-  if not isinstance(boundaries_and_scales, Mapping):
-    raise ValueError(f"{where}: boundaries_and_scales must be a dict step -> scale, got "
-                     f"{boundaries_and_scales!r}")
-  items = sorted((c.integer(where, "boundaries_and_scales boundary", b, minimum=0),
-                  c.non_negative(where, f"boundaries_and_scales[{b!r}]", s))
+  _check.requires(where, isinstance(boundaries_and_scales, Mapping),
+                  "boundaries_and_scales must be a dict step -> scale, got "
+                  f"{boundaries_and_scales!r}")
+  items = sorted((_check.integer(where, "boundaries_and_scales boundary", b, minimum=0),
+                  _check.real(where, f"boundaries_and_scales[{b!r}]", s, ge=0.0))
                  for b, s in boundaries_and_scales.items())
-  if len({b for b, _ in items}) != len(items):
-    raise ValueError(f"{where}: boundaries_and_scales has repeated boundaries: {items}")
+  _check.requires(where, len({b for b, _ in items}) == len(items),
+                  f"boundaries_and_scales has repeated boundaries: {items}")
   values = [init_value]
   for _, s in items:
     values.append(values[-1] * s)   # cumulative products in float64, then one rounding
@@ -138,14 +148,22 @@ def exponential_decay(init_value: float, decay_rate: float, *, transition_steps:
     staircase: decay in discrete jumps every k steps.
     end_value: optional bound.
     transition_begin: steps (≥ 0) to hold η0 before decaying (an Optax option).
+
+  Example:
+    >>> gx.exponential_decay(1.0, 0.5, transition_steps=10)(jnp.array([0, 5, 10, 20]))
+    Array([1.        , 0.70710677, 0.5       , 0.25      ], dtype=float32)
+
+  References:
+    Optax's `exponential_decay` (https://github.com/google-deepmind/optax), after
+    TensorFlow's `tf.keras.optimizers.schedules.ExponentialDecay`.
   """
   where = "exponential_decay"
-  init_value = c.real(where, "init_value", init_value)
-  decay_rate = c.positive(where, "decay_rate", decay_rate)
-  transition_steps = c.integer(where, "transition_steps", transition_steps, minimum=1)
-  transition_begin = c.integer(where, "transition_begin", transition_begin, minimum=0)
+  init_value = _check.real(where, "init_value", init_value)
+  decay_rate = _check.real(where, "decay_rate", decay_rate, gt=0.0)
+  transition_steps = _check.integer(where, "transition_steps", transition_steps, minimum=1)
+  transition_begin = _check.integer(where, "transition_begin", transition_begin, minimum=0)
   if end_value is not None:
-    end_value = c.real(where, "end_value", end_value)
+    end_value = _check.real(where, "end_value", end_value)
   log_rate = math.log(decay_rate)   # in float64: r in float32 would compound over t
 
   def schedule(step):
@@ -169,14 +187,18 @@ def inverse_time_decay(init_value: float, decay_rate: float, *, transition_steps
     transition_steps: k, a positive integer.
     staircase: decay in discrete jumps every k steps.
 
+  Example:
+    >>> gx.inverse_time_decay(1.0, 1.0, transition_steps=10)(jnp.array([0, 10, 30]))
+    Array([1.  , 0.5 , 0.25], dtype=float32)
+
   References:
     Bottou, "Stochastic gradient descent tricks", Neural Networks: Tricks of the Trade, 2012
     (`η_t = η0 / (1 + λ η0 t)`).
   """
   where = "inverse_time_decay"
-  init_value = c.real(where, "init_value", init_value)
-  decay_rate = c.non_negative(where, "decay_rate", decay_rate)
-  transition_steps = c.integer(where, "transition_steps", transition_steps, minimum=1)
+  init_value = _check.real(where, "init_value", init_value)
+  decay_rate = _check.real(where, "decay_rate", decay_rate, ge=0.0)
+  transition_steps = _check.integer(where, "transition_steps", transition_steps, minimum=1)
 
   def schedule(step):
     p = _progress(c.as_step(step), transition_steps, 0, staircase)
@@ -198,6 +220,14 @@ def polynomial_schedule(init_value: float, end_value: float, power: float,
     power: p > 0.
     transition_steps: T, a positive integer.
     transition_begin: steps (≥ 0) to hold η0 first.
+
+  Example:
+    >>> gx.polynomial_schedule(1.0, 0.0, 2, 10)(jnp.array([0, 5, 10, 20]))
+    Array([1.  , 0.25, 0.  , 0.  ], dtype=float32)
+
+  References:
+    Optax's `polynomial_schedule` (https://github.com/google-deepmind/optax), after
+    TensorFlow's `PolynomialDecay`.
   """
   return _polynomial("polynomial_schedule", init_value, end_value, power, transition_steps,
                      transition_begin)
@@ -213,6 +243,13 @@ def linear_schedule(init_value: float, end_value: float, transition_steps: int,
     end_value: η_end.
     transition_steps: T, a positive integer.
     transition_begin: steps (≥ 0) to hold η0 first.
+
+  Example:
+    >>> gx.linear_schedule(0.0, 1.0, 4)(jnp.arange(6))
+    Array([0.  , 0.25, 0.5 , 0.75, 1.  , 1.  ], dtype=float32)
+
+  References:
+    Optax's `linear_schedule` (https://github.com/google-deepmind/optax); torch's `LinearLR`.
   """
   return _polynomial("linear_schedule", init_value, end_value, 1.0, transition_steps,
                      transition_begin)
@@ -220,11 +257,11 @@ def linear_schedule(init_value: float, end_value: float, transition_steps: int,
 
 def _polynomial(where: str, init_value: float, end_value: float, power: float,
                 transition_steps: int, transition_begin: int) -> Schedule:
-  init_value = c.real(where, "init_value", init_value)
-  end_value = c.real(where, "end_value", end_value)
-  power = c.positive(where, "power", power)
-  transition_steps = c.integer(where, "transition_steps", transition_steps, minimum=1)
-  transition_begin = c.integer(where, "transition_begin", transition_begin, minimum=0)
+  init_value = _check.real(where, "init_value", init_value)
+  end_value = _check.real(where, "end_value", end_value)
+  power = _check.real(where, "power", power, gt=0.0)
+  transition_steps = _check.integer(where, "transition_steps", transition_steps, minimum=1)
+  transition_begin = _check.integer(where, "transition_begin", transition_begin, minimum=0)
 
   def schedule(step):
     s = c.as_float(jnp.clip(c.as_step(step) - transition_begin, 0, transition_steps))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 
+from gradxform import _check
+from gradxform._base import Schedule
 from gradxform._equality import by_value
 from gradxform.schedules import _common as c
-
-Schedule = Callable[[Any], jax.Array]
 
 
 @by_value
@@ -26,24 +24,26 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
 
   Example:
     >>> warm = gx.linear_schedule(0.0, 1e-3, 100)
-    >>> tx = gx.adam(gx.join_schedules([warm, gx.cosine_decay_schedule(1e-3, 900)], [100]))
+    >>> schedule = gx.join_schedules([warm, gx.cosine_decay_schedule(1e-3, 900)], [100])
+    >>> schedule(jnp.array([0, 50, 100, 550, 1000]))
+    Array([0.    , 0.0005, 0.001 , 0.0005, 0.    ], dtype=float32)
+    >>> tx = gx.adam(schedule)
+
+  References:
+    Optax's `join_schedules` (https://github.com/google-deepmind/optax).
   """
   where = "join_schedules"
   schedules = tuple(schedules)
   boundaries = tuple(boundaries)
-  if not schedules:
-    raise ValueError(f"{where}: schedules must not be empty")
+  _check.requires(where, bool(schedules), "schedules must not be empty")
   for i, s in enumerate(schedules):
-    if not callable(s):
-      raise ValueError(f"{where}: schedules[{i}] must be a function of the step, got {s!r}")
-  if len(boundaries) != len(schedules) - 1:
-    raise ValueError(f"{where}: boundaries must have len(schedules) - 1 = {len(schedules) - 1} "
-                     f"entries, got {len(boundaries)}: {boundaries!r}")
-  for b in boundaries:
-    if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 0:
-      raise ValueError(f"{where}: boundaries must be integers >= 0, got {boundaries!r}")
-  if list(boundaries) != sorted(boundaries):
-    raise ValueError(f"{where}: boundaries must be non-decreasing, got {boundaries!r}")
+    _check.function(where, f"schedules[{i}]", s)
+  _check.requires(where, len(boundaries) == len(schedules) - 1,
+                  f"boundaries must have len(schedules) - 1 = {len(schedules) - 1} entries, "
+                  f"got {len(boundaries)}: {boundaries!r}")
+  boundaries = tuple(_check.integer(where, f"boundaries[{i}]", b, minimum=0)
+                     for i, b in enumerate(boundaries))
+  _check.non_decreasing(where, "boundaries", boundaries)
 
   def schedule(step):
     step = c.as_step(step)

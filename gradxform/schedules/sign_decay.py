@@ -17,33 +17,35 @@ References:
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 
+from gradxform import _check
+from gradxform._base import Schedule
 from gradxform._equality import by_value
 from gradxform.schedules import _common as c
 
-DecayFn = Callable[[Any], jax.Array]
-
-
 def _zero_after(where: str, value: Any) -> float | None:
-  return None if value is None else c.non_negative(where, "zero_after", value)
+  return None if value is None else _check.real(where, "zero_after", value, ge=0.0)
 
 
 @by_value
-def linear_sign_decay(decay_steps: int) -> DecayFn:
+def linear_sign_decay(decay_steps: int) -> Schedule:
   """`f(t) = max(0, (T − min(t, T)) / T)`: 1 at the first update, 0 from step T on.
 
   Args:
     decay_steps: T, a positive integer.
 
+  Example:
+    >>> gx.linear_sign_decay(10)(jnp.array([0, 5, 10]))
+    Array([1. , 0.5, 0. ], dtype=float32)
+
   References:
     Bello, Zoph, Vasudevan & Le, "Neural optimizer search with reinforcement learning",
     ICML 2017 (linear decay of the sign term).
   """
-  decay_steps = c.integer("linear_sign_decay", "decay_steps", decay_steps, minimum=1)
+  decay_steps = _check.integer("linear_sign_decay", "decay_steps", decay_steps, minimum=1)
 
   def decay_fn(step):
     n = jnp.minimum(c.as_step(step), decay_steps)
@@ -54,7 +56,7 @@ def linear_sign_decay(decay_steps: int) -> DecayFn:
 
 @by_value
 def cosine_sign_decay(decay_steps: int, num_periods: float = 0.5,
-                      zero_after: float | None = None) -> DecayFn:
+                      zero_after: float | None = None) -> Schedule:
   """`f(t) = (1 + cos(π φ)) / 2`, `φ = 2 · num_periods · min(t, T) / T`.
 
   With the default half period, `f` falls from 1 to 0 over T steps, a cosine. With
@@ -65,12 +67,16 @@ def cosine_sign_decay(decay_steps: int, num_periods: float = 0.5,
     num_periods: cosine periods over T steps (> 0).
     zero_after: optional number of periods after which `f` is 0.
 
+  Example:
+    >>> jnp.round(gx.cosine_sign_decay(10)(jnp.array([0, 5, 10])), 4)
+    Array([1. , 0.5, 0. ], dtype=float32)
+
   References:
     Bello, Zoph, Vasudevan & Le, ICML 2017 (cyclical cosine decay of the sign term).
   """
   where = "cosine_sign_decay"
-  decay_steps = c.integer(where, "decay_steps", decay_steps, minimum=1)
-  num_periods = c.positive(where, "num_periods", num_periods)
+  decay_steps = _check.integer(where, "decay_steps", decay_steps, minimum=1)
+  num_periods = _check.real(where, "num_periods", num_periods, gt=0.0)
   zero_after = _zero_after(where, zero_after)
 
   def decay_fn(step):
@@ -86,7 +92,7 @@ def cosine_sign_decay(decay_steps: int, num_periods: float = 0.5,
 
 @by_value
 def restart_sign_decay(decay_steps: int, num_periods: float = 1,
-                       zero_after: float | None = None) -> DecayFn:
+                       zero_after: float | None = None) -> Schedule:
   """`f(t) = (1 + cos(π φ)) / 2`, `φ = ((num_periods · n) mod T) / T`, `n = min(t, T)`.
 
   A cosine from 1 towards 0 that restarts at 1 `num_periods` times over T steps. With
@@ -99,13 +105,17 @@ def restart_sign_decay(decay_steps: int, num_periods: float = 1,
     num_periods: restarts over T steps (> 0).
     zero_after: optional number of periods after which `f` is 0.
 
+  Example:
+    >>> jnp.round(gx.restart_sign_decay(10, num_periods=2)(jnp.array([0, 2, 5])), 4)
+    Array([1.    , 0.6545, 1.    ], dtype=float32)
+
   References:
     Bello, Zoph, Vasudevan & Le, ICML 2017 (cosine decay with restarts);
     Loshchilov & Hutter, "SGDR: stochastic gradient descent with warm restarts", ICLR 2017.
   """
   where = "restart_sign_decay"
-  decay_steps = c.integer(where, "decay_steps", decay_steps, minimum=1)
-  num_periods = c.positive(where, "num_periods", num_periods)
+  decay_steps = _check.integer(where, "decay_steps", decay_steps, minimum=1)
+  num_periods = _check.real(where, "num_periods", num_periods, gt=0.0)
   zero_after = _zero_after(where, zero_after)
   integral = isinstance(num_periods, numbers.Real) and float(num_periods).is_integer()
 

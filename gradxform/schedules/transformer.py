@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from gradxform import _check
+from gradxform._base import Schedule
 from gradxform._equality import by_value
 from gradxform.schedules import _common as c
-
-Schedule = Callable[[Any], jax.Array]
 
 
 @by_value
@@ -27,13 +26,18 @@ def transformer_schedule(d_model: float, warmup_steps: int = 4000, *,
     warmup_steps: the warm-up length (a positive integer).
     scale: a constant factor (> 0).
 
+  Example:
+    >>> schedule = gx.transformer_schedule(512, 4000)
+    >>> round(float(schedule(3999)), 7)      # the peak, (512 · 4000)^{−1/2}
+    0.0006988
+
   References:
     Vaswani et al., "Attention is all you need", NeurIPS 2017, section 5.3.
   """
   where = "transformer_schedule"
-  d_model = c.positive(where, "d_model", d_model)
-  warmup_steps = c.integer(where, "warmup_steps", warmup_steps, minimum=1)
-  scale = c.positive(where, "scale", scale)
+  d_model = _check.real(where, "d_model", d_model, gt=0.0)
+  warmup_steps = _check.integer(where, "warmup_steps", warmup_steps, minimum=1)
+  scale = _check.real(where, "scale", scale, gt=0.0)
   factor = scale * d_model ** -0.5
   warm = warmup_steps ** -1.5
 

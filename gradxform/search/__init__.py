@@ -8,9 +8,9 @@ and importing `gradxform` does not import this package or scikit-learn):
     >>> rule.formula()                            # PowerSign
     'g * exp(sign(g)*sign(m))'
     >>> tx = search.rule_optimizer(rule, 1e-2)   # an ordinary GradientTransformation
-    >>> objective = search.Objective(search.default_tasks())
-    >>> result = search.regularized_evolution(objective, budget=512, seed=0)
-    >>> result.top(5)
+    >>> objective = search.Objective([search.rosenbrock()])   # or search.default_tasks()
+    >>> result = search.regularized_evolution(objective, budget=16, population=8, seed=0)
+    >>> best_rule, best_fitness = result.top(1)[0]
 
 Modules: `dsl` (the rule language), `tasks` (training problems), `population` (vmapped
 scoring), `strategies` (random search, regularized evolution).

@@ -28,7 +28,7 @@ Unary: `x, −x, exp(x), log|x|, √|x|, clip(x, 1)` (to [−1, 1]), `sign(x)`, 
 Binary: `x + y, x − y, x · y, x / (y + 1e-8), x ^ y` (plain power, computed as
 `± exp(y · log|x|)` (`power`): NaN for a negative base and a fractional exponent, scored as a
 failure), and `x` (keep left; `o2`, `u2`, `f` unused).
-Decay `f(t)` (ALGORITHMS.md, step t = 0 at the first update, `T = decay_steps`): `1`,
+Decay `f(t)` (docs/ALGORITHMS.md, step t = 0 at the first update, `T = decay_steps`): `1`,
 linear `ld`, cosine `cd` (half a period), restart `rd` (4 periods); it multiplies the second
 operand, so PowerSign-ld is `g · exp(ld(t) · sign(g)·sign(m))`.
 
@@ -43,6 +43,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -53,29 +54,114 @@ import numpy as np
 from gradxform import _numerics, _tree
 from gradxform._base import GradientTransformation, ScalarOrSchedule, chain, transform
 from gradxform.optimizers.adam import adam_direction
+from gradxform.schedules.sign_decay import (cosine_sign_decay, linear_sign_decay,
+                                            restart_sign_decay)
 from gradxform.transforms.momentum import scale_by_momentum
 from gradxform.transforms.noise import add_gradient_noise, noise_key
 from gradxform.transforms.rms import scale_by_rms
 from gradxform.transforms.scale import scale_by_learning_rate
 
 # ---------------------------------------------------------------------------------------------
-# The tables.
+# The tables: the one definition of every operand and function, read by the rule transform
+# below (`rule_transform`) and by the population program (`slots.py`) alike.
+
+#: Hyperparameters of the operands' accumulators (β of the EMAs, Adam's and RMSprop's).
+_EMA_DECAYS = (0.9, 0.999)
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+RMS_DECAY, RMS_EPS = 0.9, 1e-8
+_DIV_DELTA = 1e-8
+_NOISE_VARIANCE = 1e-4      # std 0.01, Bello et al.'s ε ~ N(0, 0.01)
+_DROP_KEEP = 0.5
+_RESTART_PERIODS = 4
+
+
+class Operand(NamedTuple):
+  """An operand: how it is computed from the gradient `g` and at most one EMA of a power of g.
+
+  `kind` is one of `OPERAND_KINDS`:
+
+  * `g^k`: `g ** power`;
+  * `ema`, `sign(ema)`, `sign(g)*sign(ema)`: the EMA `a ← β a + (1 − β) g^power` (β = `beta`),
+    its sign, the sign agreement of g and the EMA;
+  * `adam`: Adam's direction, whose first moment is that EMA (β1 = `beta`, power 1);
+  * `rmsprop`: RMSprop's direction, whose ν is that EMA (ρ = `beta`, power 2, computed as
+    `ρ ν + ((1 − ρ) g) g`, `scale_by_rms`'s order of operations);
+  * `sign(g)`, `const` (the number `value`), `noise` (N(0, `_NOISE_VARIANCE`) per coordinate).
+
+  `beta` is None for the kinds that read no EMA.
+  """
+  name: str
+  kind: str
+  power: int = 1
+  beta: float | None = None
+  value: float = 0.0
+
+
+OPERAND_TABLE: tuple[Operand, ...] = (
+    Operand("g", "g^k", 1), Operand("g^2", "g^k", 2), Operand("g^3", "g^k", 3),
+    *(Operand(name + suffix, "ema", k, beta)
+      for k, name in ((1, "m"), (2, "v"), (3, "c"))
+      for suffix, beta in zip(("", "_999"), _EMA_DECAYS)),
+    Operand("sign(g)", "sign(g)"),
+    Operand("sign(m)", "sign(ema)", 1, _EMA_DECAYS[0]),
+    Operand("sign(g)*sign(m)", "sign(g)*sign(ema)", 1, _EMA_DECAYS[0]),
+    Operand("adam", "adam", 1, ADAM_B1),
+    Operand("rmsprop", "rmsprop", 2, RMS_DECAY),
+    Operand("1", "const", value=1.0), Operand("2", "const", value=2.0),
+    Operand("noise", "noise"),
+)
+
+#: The kinds of operand (see `Operand`), each computed one way by each program.
+OPERAND_KINDS: tuple[str, ...] = tuple(dict.fromkeys(op.kind for op in OPERAND_TABLE))
+
+#: The EMAs the operands read, as (power of g, β), in the order `RuleState.emas` keeps them.
+EMA_SLOTS: tuple[tuple[int, float], ...] = tuple(
+    (op.power, op.beta) for op in OPERAND_TABLE if op.kind == "ema" and op.beta is not None)
+
+
+class Op(NamedTuple):
+  """A unary or binary function of the DSL.
+
+  `fn(x, keep)` (unary; `keep()` returns the drop mask, only `drop` calls it) or `fn(x, y)`
+  (binary), elementwise. `costly`: a power branch (`exp`, `x ^ y`, two or three
+  transcendentals an element where every other branch is one operation), which the
+  population program computes only for the candidates that use it.
+  """
+  name: str
+  template: str        # how it prints; `{}` is an argument
+  fn: Callable[..., jax.Array]
+  costly: bool = False
+
+
+UNARY_OPS: tuple[Op, ...] = (
+    Op("id", "{}", lambda x, keep: x),
+    Op("neg", "-{}", lambda x, keep: -x),
+    Op("exp", "exp({})", lambda x, keep: jnp.exp(x), costly=True),  # as `sign_agreement`'s e^s
+    Op("log", "log|{}|", lambda x, keep: jnp.log(jnp.abs(x))),
+    Op("sqrt", "sqrt|{}|", lambda x, keep: jnp.sqrt(jnp.abs(x))),
+    Op("clip", "clip({}, 1)", lambda x, keep: jnp.clip(x, -1.0, 1.0)),
+    Op("sign", "sign({})", lambda x, keep: jnp.sign(x)),
+    Op("drop", "drop({}, 0.5)", lambda x, keep: jnp.where(keep(), x, 0.0)),
+    Op("one_plus", "(1 + {})", lambda x, keep: 1.0 + x),
+)
+
+BINARY_OPS: tuple[Op, ...] = (
+    Op("add", "{} + {}", lambda x, y: x + y),
+    Op("sub", "{} - {}", lambda x, y: x - y),
+    Op("mul", "{} * {}", lambda x, y: x * y),
+    Op("div", "{} / ({} + 1e-8)", lambda x, y: x / (y + _DIV_DELTA)),
+    Op("pow", "{} ^ {}", lambda x, y: power(x, y), costly=True),
+    Op("left", "{}", lambda x, y: x),
+)
 
 #: Operand names, in index order.
-OPERANDS: tuple[str, ...] = (
-    "g", "g^2", "g^3", "m", "m_999", "v", "v_999", "c", "c_999", "sign(g)", "sign(m)",
-    "sign(g)*sign(m)", "adam", "rmsprop", "1", "2", "noise")
+OPERANDS: tuple[str, ...] = tuple(op.name for op in OPERAND_TABLE)
 
 #: Unary function names and how each prints (`{}` is the argument).
-UNARY: tuple[tuple[str, str], ...] = (
-    ("id", "{}"), ("neg", "-{}"), ("exp", "exp({})"), ("log", "log|{}|"), ("sqrt", "sqrt|{}|"),
-    ("clip", "clip({}, 1)"), ("sign", "sign({})"), ("drop", "drop({}, 0.5)"),
-    ("one_plus", "(1 + {})"))
+UNARY: tuple[tuple[str, str], ...] = tuple((op.name, op.template) for op in UNARY_OPS)
 
 #: Binary function names and how each prints.
-BINARY: tuple[tuple[str, str], ...] = (
-    ("add", "{} + {}"), ("sub", "{} - {}"), ("mul", "{} * {}"), ("div", "{} / ({} + 1e-8)"),
-    ("pow", "{} ^ {}"), ("left", "{}"))
+BINARY: tuple[tuple[str, str], ...] = tuple((op.name, op.template) for op in BINARY_OPS)
 
 #: Decay function names (`none` is f = 1).
 DECAYS: tuple[str, ...] = ("none", "ld", "cd", "rd")
@@ -85,12 +171,6 @@ FIELDS: tuple[str, ...] = ("operand1", "unary1", "operand2", "unary2", "binary",
 SIZES: tuple[int, ...] = (len(OPERANDS), len(UNARY), len(OPERANDS), len(UNARY), len(BINARY),
                           len(DECAYS))
 LEFT = [name for name, _ in BINARY].index("left")
-
-_EMA_DECAYS = (0.9, 0.999)
-_DIV_DELTA = 1e-8
-_NOISE_VARIANCE = 1e-4      # std 0.01, Bello et al.'s ε ~ N(0, 0.01)
-_DROP_KEEP = 0.5
-_RESTART_PERIODS = 4
 
 
 def _names(table: Sequence[Any]) -> list[str]:
@@ -202,12 +282,12 @@ def validate(vector: Any) -> tuple[int, ...]:
 
 def _sign_decays(decay_steps: int, *,
                  library: bool = True) -> list[Callable[[jax.Array], jax.Array]]:
-  """f(t) for each entry of `DECAYS`: the library's when present, else ALGORITHMS.md's."""
-  import gradxform as gx
-  if library and hasattr(gx, "linear_sign_decay"):
-    return [lambda t: 1.0, gx.linear_sign_decay(decay_steps),
-            gx.cosine_sign_decay(decay_steps, num_periods=0.5),
-            gx.restart_sign_decay(decay_steps, num_periods=_RESTART_PERIODS)]
+  """f(t) for each entry of `DECAYS`: the library's schedules, or with `library=False`
+  docs/ALGORITHMS.md's formulas written out here (the tests check one against the other)."""
+  if library:
+    return [lambda t: 1.0, linear_sign_decay(decay_steps),
+            cosine_sign_decay(decay_steps, num_periods=0.5),
+            restart_sign_decay(decay_steps, num_periods=_RESTART_PERIODS)]
   big_t = float(decay_steps)
 
   def frac(t):
@@ -240,17 +320,8 @@ class RuleState(NamedTuple):
 
 
 def _unary(x: jax.Array, keep: Callable[[], jax.Array]) -> list[Callable[[], jax.Array]]:
-  return [
-      lambda: x,
-      lambda: -x,
-      lambda: jnp.exp(x),      # as `sign_agreement` computes e^s: PowerSign stays bit-exact
-      lambda: jnp.log(jnp.abs(x)),
-      lambda: jnp.sqrt(jnp.abs(x)),
-      lambda: jnp.clip(x, -1.0, 1.0),
-      lambda: jnp.sign(x),
-      lambda: jnp.where(keep(), x, 0.0),
-      lambda: 1.0 + x,
-  ]
+  """The branches of `UNARY_OPS` on `x`, not yet computed."""
+  return [functools.partial(op.fn, x, keep) for op in UNARY_OPS]
 
 
 def power(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -271,8 +342,8 @@ def power(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def _binary(a: jax.Array, b: jax.Array) -> list[Callable[[], jax.Array]]:
-  return [lambda: a + b, lambda: a - b, lambda: a * b, lambda: a / (b + _DIV_DELTA),
-          lambda: power(a, b), lambda: a]
+  """The branches of `BINARY_OPS` on `(a, b)`, not yet computed."""
+  return [functools.partial(op.fn, a, b) for op in BINARY_OPS]
 
 
 def _choose(index: Any, branches: list[Callable[[], jax.Array]], every: bool) -> jax.Array:
@@ -310,9 +381,9 @@ def rule_transform(indices: Sequence[Any], *, decay_steps: int = 1000, seed: int
   all branches are computed and one selected (best under `vmap` over a population).
   """
   o1, u1, o2, u2, bi, de = indices
-  emas = [scale_by_momentum(b, ema=True) for _ in range(3) for b in _EMA_DECAYS]
-  adam = chain(*adam_direction(0.9, 0.999, 1e-8))
-  rms = scale_by_rms(0.9, 1e-8)
+  emas = [scale_by_momentum(beta, ema=True) for _, beta in EMA_SLOTS]
+  adam = chain(*adam_direction(ADAM_B1, ADAM_B2, ADAM_EPS))
+  rms = scale_by_rms(RMS_DECAY, RMS_EPS)
   noise = add_gradient_noise(_NOISE_VARIANCE, 0.0, seed)
   decays = _sign_decays(decay_steps)
 
@@ -327,8 +398,8 @@ def rule_transform(indices: Sequence[Any], *, decay_steps: int = 1000, seed: int
     g = updates
     powers = [g, jax.tree.map(jnp.square, g), jax.tree.map(lambda x: x * x * x, g)]
     ema_out, ema_states = [], []
-    for i, (tx, s) in enumerate(zip(emas, state.emas)):
-      out, s = tx.update(powers[i // 2], s)
+    for (k, _), tx, s in zip(EMA_SLOTS, emas, state.emas):
+      out, s = tx.update(powers[k - 1], s)
       ema_out.append(out)
       ema_states.append(s)
     adam_dir, adam_state = adam.update(g, state.adam)
@@ -342,13 +413,22 @@ def rule_transform(indices: Sequence[Any], *, decay_steps: int = 1000, seed: int
     keys = jax.random.split(jax.random.fold_in(noise_key(seed, count), 1),
                             2 * max(len(leaves), 1))
 
-    def leaf(i, *xs):
-      gl, g2, g3, m, m_slow, v, v_slow, c, c_slow, a, r, n = xs   # slow: β = 0.999
+    def leaf(i, gl, g2, g3, a, r, n, *ema):
       cd = _numerics.compute_dtype(gl)
-      sg, sm = jnp.sign(gl), jnp.sign(m)
-      ops = [gl, g2, g3, m, m_slow, v, v_slow, c, c_slow, sg, sm, sg * sm, a, r,
-             jnp.ones_like(gl), jnp.full_like(gl, 2.0), n]           # in OPERANDS order
-      ops = [x.astype(cd) for x in ops]
+      sg = jnp.sign(gl)
+      slot = dict(zip(EMA_SLOTS, ema))
+      kinds = {                                     # each kind of `Operand`, computed once
+          "g^k": lambda op: (gl, g2, g3)[op.power - 1],
+          "ema": lambda op: slot[op.power, op.beta],
+          "sign(g)": lambda op: sg,
+          "sign(ema)": lambda op: jnp.sign(slot[op.power, op.beta]),
+          "sign(g)*sign(ema)": lambda op: sg * jnp.sign(slot[op.power, op.beta]),
+          "adam": lambda op: a,
+          "rmsprop": lambda op: r,
+          "const": lambda op: jnp.full_like(gl, op.value),
+          "noise": lambda op: n,
+      }
+      ops = [kinds[op.kind](op).astype(cd) for op in OPERAND_TABLE]
       x1, x2 = _operand(o1, ops, every_branch), _operand(o2, ops, every_branch)
       if not (isinstance(de, int) and de == 0):
         x2 = (f * x2).astype(cd)
@@ -359,7 +439,7 @@ def rule_transform(indices: Sequence[Any], *, decay_steps: int = 1000, seed: int
                                                                shape)), every_branch)
       return _choose(bi, _binary(y1, y2), every_branch).astype(gl.dtype)
 
-    trees = [g, powers[1], powers[2], *ema_out, adam_dir, rms_dir, noise_out]
+    trees = [g, powers[1], powers[2], adam_dir, rms_dir, noise_out, *ema_out]
     flat = [treedef.flatten_up_to(t) for t in trees]
     out = [leaf(i, *xs) for i, xs in enumerate(zip(*flat))]
     new_state = RuleState(count=_numerics.safe_increment(count), emas=tuple(ema_states),
@@ -385,7 +465,8 @@ def scale_by_rule(rule: Rule | Sequence[int], *, decay_steps: int = 1000,
   Example:
     >>> from gradxform import search
     >>> rule = search.Rule.from_names("g", "id", "sign(g)*sign(m)", "exp", "mul")
-    >>> print(rule.formula())     # g * exp(sign(g)*sign(m)), PowerSign
+    >>> print(rule.formula())     # PowerSign
+    g * exp(sign(g)*sign(m))
     >>> tx = search.scale_by_rule(rule)
   """
   rule = Rule.validate(rule)
@@ -397,7 +478,7 @@ def scale_by_rule(rule: Rule | Sequence[int], *, decay_steps: int = 1000,
   return rule_transform(tuple(rule), decay_steps=decay_steps, seed=seed)
 
 
-@transform
+@transform(hyperparams=("learning_rate",))
 def rule_optimizer(rule: Rule | Sequence[int], learning_rate: ScalarOrSchedule, *,
                    decay_steps: int = 1000, seed: int = 0) -> GradientTransformation:
   """A searched rule as a complete optimizer: `θ ← θ − η · b(u1(o1), u2(f(t)·o2))`.
@@ -405,7 +486,8 @@ def rule_optimizer(rule: Rule | Sequence[int], learning_rate: ScalarOrSchedule, 
   Chain: `scale_by_rule(rule, decay_steps, seed)` → `scale_by_learning_rate(η)`.
 
   Example:
-    >>> tx = search.rule_optimizer(search.Rule.from_names("adam"), 1e-3)   # == gx.adam(1e-3)
+    >>> from gradxform import search
+    >>> tx = search.rule_optimizer(search.Rule.from_names("adam"), 1e-3)   # steps as gx.adam
   """
   return chain(scale_by_rule(Rule.validate(rule), decay_steps=decay_steps, seed=seed),
                scale_by_learning_rate(learning_rate))

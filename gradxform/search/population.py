@@ -74,9 +74,7 @@ class Evaluator:
   The population program (`slots.population_losses`) looks each rule's choices up once,
   keeps only the EMAs each candidate's operands need (two slots and Adam's second moment, not
   nine buffers), and runs the power branches (`exp`, `x ^ y`) only on the candidates that use
-  them (sorted first, `buckets` prefix sizes). `reference_population(rules)` is the former
-  program, `vmap` of the reference form with every branch computed; kept for tests and
-  comparisons.
+  them (sorted first, `buckets` prefix sizes).
   """
 
   def __init__(self, task: Task, learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES, *,
@@ -85,18 +83,14 @@ class Evaluator:
     self.learning_rates = jnp.asarray(learning_rates, jnp.float32)
     self.seed = seed
 
-    def one(ix, lr, every_branch=False):
-      return train_rule(task, ix, lr, seed=seed, every_branch=every_branch)
-
-    def reference(rules, lrs):
-      return jax.vmap(lambda ix: jax.vmap(lambda lr: one(ix, lr, True))(lrs))(rules)
+    def one(ix, lr):
+      return train_rule(task, ix, lr, seed=seed)
 
     def population(rules, lrs, n_power):
       return slots.population_losses(task, rules, lrs, seed=seed, n_power=n_power,
                                      buckets=buckets)
 
     self._population = jax.jit(population)
-    self._reference = jax.jit(reference)
     self._single = jax.jit(one)
 
   def population(self, rules: Any) -> np.ndarray:
@@ -112,11 +106,6 @@ class Evaluator:
                                              jnp.asarray(cand_lrs[order]),
                                              jnp.int32(needs.sum())))
     return out.reshape(len(rules), len(lrs))
-
-  def reference_population(self, rules: Any) -> np.ndarray:
-    """`[P, L]` losses from `vmap` of the reference form (every branch computed)."""
-    rules = jnp.asarray(np.asarray(rules, np.int32))
-    return np.asarray(self._reference(rules, self.learning_rates))
 
   def single(self, rule: Any, learning_rate: float) -> float:
     return float(self._single(jnp.asarray(np.asarray(rule, np.int32)),

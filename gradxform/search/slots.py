@@ -3,9 +3,11 @@
 `Evaluator.population` trains every (rule, learning rate) candidate of a population together.
 The reference form of a rule, `dsl.rule_transform`, keeps every operand's accumulator (six
 EMAs, Adam's two moments, RMSprop's one) whatever the rule reads, because one state structure
-must serve every rule; `vmap` of it (the former population program, still
-`Evaluator.reference_population`) updates nine parameter-sized buffers per candidate and
-computes every DSL branch. This module is written for a population instead:
+must serve every rule; `vmap` of it (the former population program) updates nine
+parameter-sized buffers per candidate and computes every DSL branch. This module is written
+for a population instead, from the same tables (`dsl.OPERAND_TABLE`, `dsl.UNARY_OPS`,
+`dsl.BINARY_OPS`: one definition of each operand and function, so the two programs cannot
+drift apart):
 
 * Choices and layout: each choice of a rule is a per-candidate vector looked up once before
   training (`Choices`); looked up inside the step, the gather ended up in every elementwise
@@ -24,12 +26,12 @@ computes every DSL branch. This module is written for a population instead:
 * Shared values: the noise operand, `drop`'s masks, the decay factors and Adam's bias
   corrections depend on the step only; they are computed for every step before the loop
   (`shared_values`, the same calls `rule_transform` makes) and indexed inside it.
-* Power branches: the `exp` unary and the binary `x ^ y` (`dsl.power`, an `exp` of a `log`)
-  are the costliest branches, two or three transcendentals an element where every other
-  branch is one operation. `Evaluator` sorts the candidates that use one first and
-  `tail_prefix` runs the power branches only on that prefix (rounded up to one of `buckets`
-  sizes, one `lax.switch` branch each); the others get the same values without them, because
-  `select_n` never reads a branch that is not chosen.
+* Power branches: the `exp` unary and the binary `x ^ y` (`dsl.power`, an `exp` of a `log`),
+  marked `costly` in the tables, are the costliest branches, two or three transcendentals an
+  element where every other branch is one operation. `Evaluator` sorts the candidates that
+  use one first and `tail_prefix` runs the power branches only on that prefix (rounded up to
+  one of `buckets` sizes, one `lax.switch` branch each); the others get the same values
+  without them, because `select_n` never reads a branch that is not chosen.
 
 Every branch a candidate uses is computed by the same operations as in `rule_transform`. XLA
 compiles the two programs differently (LLVM fuses a multiply and an add into an FMA, or
@@ -49,65 +51,49 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform import _numerics
-from gradxform.search.dsl import (_DIV_DELTA, _DROP_KEEP, _NOISE_VARIANCE, BINARY, OPERANDS,
-                                  UNARY, _sign_decays, power)
+from gradxform.search.dsl import (_DROP_KEEP, _NOISE_VARIANCE, ADAM_B1, ADAM_B2, ADAM_EPS,
+                                  BINARY_OPS, LEFT, OPERAND_KINDS, OPERAND_TABLE, RMS_EPS,
+                                  UNARY_OPS, _sign_decays)
 from gradxform.transforms.noise import add_gradient_noise, noise_key
-
-_O = {name: i for i, name in enumerate(OPERANDS)}
-EXP = [name for name, _ in UNARY].index("exp")
-POW = [name for name, _ in BINARY].index("pow")
-LEFT = [name for name, _ in BINARY].index("left")
-
-# What an operand is made of: which of `_CASES` it is, and the EMA slot it needs.
-_CASES = ("g", "g^2", "g^3", "ema", "sign(g)", "sign(ema)", "sign(g)*sign(ema)", "adam",
-          "rmsprop", "1", "2", "noise")
 
 
 def _operand_table() -> dict[str, np.ndarray]:
-  """Per operand index: case, slot decay β, 1 − β (as Python computes it), power, rms form.
+  """Per operand index (from `dsl.OPERAND_TABLE`): its kind, and its slot's decay β, 1 − β (as
+  Python computes it), power of g, rms form; and the value of a constant.
 
-  β and 1 − β are kept in float64; `choices` converts them to `scalar_dtype()`: the float32
-  values of the Python constants, as the library's transforms use them, or under
-  `jax_enable_x64` the float64 ones (not float32-rounded β in a float64 run).
+  An operand without an EMA gets β = 1 − β = 0 (its slot stays 0 and is never read). β and
+  1 − β are kept in float64; `choices` converts them to `scalar_dtype()`: the float32 values of
+  the Python constants, as the library's transforms use them, or under `jax_enable_x64` the
+  float64 ones (not float32-rounded β in a float64 run).
   """
-  case = np.zeros(len(OPERANDS), np.int32)
-  beta = np.zeros(len(OPERANDS), np.float64)
-  one_minus = np.zeros(len(OPERANDS), np.float64)
-  power = np.zeros(len(OPERANDS), np.int32)
-  rms_form = np.zeros(len(OPERANDS), bool)
-
-  def slot(i, b, k=0, rms=False):
-    beta[i], one_minus[i], power[i], rms_form[i] = b, 1.0 - b, k, rms
-
-  for i, name in enumerate(("g", "g^2", "g^3")):
-    case[_O[name]] = i
-  for k, base in enumerate(("m", "v", "c")):
-    for name, b in ((base, 0.9), (base + "_999", 0.999)):
-      case[_O[name]] = _CASES.index("ema")
-      slot(_O[name], b, k)
-  case[_O["sign(g)"]] = _CASES.index("sign(g)")
-  for name, c in (("sign(m)", "sign(ema)"), ("sign(g)*sign(m)", "sign(g)*sign(ema)"),
-                  ("adam", "adam")):
-    case[_O[name]] = _CASES.index(c)
-    slot(_O[name], 0.9)                              # m, β = 0.9 (Adam's first moment too)
-  case[_O["rmsprop"]] = _CASES.index("rmsprop")
-  slot(_O["rmsprop"], 0.9, rms=True)                 # scale_by_rms(0.9)'s ν
-  for name in ("1", "2", "noise"):
-    case[_O[name]] = _CASES.index(name)
-  return {"case": case, "beta": beta, "one_minus": one_minus, "power": power,
-          "rms_form": rms_form}
+  beta = [0.0 if op.beta is None else op.beta for op in OPERAND_TABLE]
+  rms_form = [op.kind == "rmsprop" for op in OPERAND_TABLE]
+  return {
+      "case": np.array([OPERAND_KINDS.index(op.kind) for op in OPERAND_TABLE], np.int32),
+      "beta": np.array(beta, np.float64),
+      "one_minus": np.array([0.0 if op.beta is None else 1.0 - b
+                             for op, b in zip(OPERAND_TABLE, beta)], np.float64),
+      # x = (g, g², g³)[power]; the rms form computes ν's (1 − ρ) g² as ((1 − ρ) g) g.
+      "power": np.array([0 if r else op.power - 1 for op, r in zip(OPERAND_TABLE, rms_form)],
+                        np.int32),
+      "rms_form": np.array(rms_form, bool),
+      "const": np.array([op.value for op in OPERAND_TABLE], np.float64),
+  }
 
 
-OPERAND_TABLE = _operand_table()
-_ADAM_B2, _ADAM_B1, _ROOT_EPS = 0.999, 0.9, 1e-8
+_OPERAND_ARRAYS = _operand_table()
+_COSTLY_UNARY = np.array([op.costly for op in UNARY_OPS])
+_COSTLY_BINARY = np.array([op.costly for op in BINARY_OPS])
 _LAST_BELOW = 8       # candidates last below this many parameters (see population_losses)
 
 
 def uses_power(rules: np.ndarray) -> np.ndarray:
-  """`[P, 3]` booleans: does each rule evaluate `exp(o1)`, `exp(o2)`, `y1 ^ y2`."""
+  """`[P, 3]` booleans: does each rule evaluate a costly branch (`Op.costly`: `exp`, `x ^ y`)
+  at `u1`, at `u2`, at `b`."""
   rules = np.asarray(rules)
   bi = rules[:, 4]
-  return np.stack([rules[:, 1] == EXP, (bi != LEFT) & (rules[:, 3] == EXP), bi == POW], -1)
+  return np.stack([_COSTLY_UNARY[rules[:, 1]], (bi != LEFT) & _COSTLY_UNARY[rules[:, 3]],
+                   _COSTLY_BINARY[bi]], -1)
 
 
 class SlotState(NamedTuple):
@@ -138,8 +124,8 @@ def shared_values(params: jax.Array, count: jax.Array, *, decay_steps: int,
   keys = jax.random.split(jax.random.fold_in(noise_key(seed, count), 1), 2)
   shape = jnp.shape(params)
   return StepShared(decay=decay,
-                    corr1=_numerics.one_minus_decay_power(_ADAM_B1, count + 1),
-                    corr2=_numerics.one_minus_decay_power(_ADAM_B2, count + 1),
+                    corr1=_numerics.one_minus_decay_power(ADAM_B1, count + 1),
+                    corr2=_numerics.one_minus_decay_power(ADAM_B2, count + 1),
                     noise=noise,
                     keep1=jax.random.bernoulli(keys[0], _DROP_KEEP, shape),
                     keep2=jax.random.bernoulli(keys[1], _DROP_KEEP, shape))
@@ -157,8 +143,10 @@ class Choices(NamedTuple):
   Looking the tables up inside the step would put a gather in every elementwise loop (one per
   element, which keeps XLA:CPU from vectorizing it); these are plain loop-invariant vectors.
   """
-  case1: jax.Array      # which of `_CASES` operand 1 is
+  case1: jax.Array      # which of `dsl.OPERAND_KINDS` operand 1 is
   case2: jax.Array
+  const1: jax.Array     # its value if a constant
+  const2: jax.Array
   beta1: jax.Array      # slot a1: β, 1 − β, power of g, rms form
   one_minus1: jax.Array
   power1: jax.Array
@@ -179,9 +167,10 @@ def choices(rules: jax.Array) -> Choices:
   # An explicit dtype: jax 0.10 reuses a float32 conversion of the same NumPy array made
   # under jit with x64 off for a plain `jnp.asarray(v)` after x64 is turned on.
   t = {k: jnp.asarray(v, _numerics.scalar_dtype() if v.dtype.kind == "f" else v.dtype)
-       for k, v in OPERAND_TABLE.items()}
+       for k, v in _OPERAND_ARRAYS.items()}
   o1, o2 = rules[:, 0], rules[:, 2]
   return Choices(case1=t["case"][o1], case2=t["case"][o2],
+                 const1=t["const"][o1], const2=t["const"][o2],
                  beta1=t["beta"][o1], one_minus1=t["one_minus"][o1], power1=t["power"][o1],
                  rms1=t["rms_form"][o1],
                  beta2=t["beta"][o2], one_minus2=t["one_minus"][o2], power2=t["power"][o2],
@@ -198,27 +187,36 @@ def head(g: jax.Array, state: SlotState, ch: Choices,
   """
   g2, g3 = jnp.square(g), g * g * g
   sg = jnp.sign(g)
-  b = _ADAM_B2 * state.b + ((1.0 - _ADAM_B2) * g) * g       # scale_by_rms(0.999)'s ν
-  ones, twos = jnp.ones_like(g), jnp.full_like(g, 2.0)
+  b = ADAM_B2 * state.b + ((1.0 - ADAM_B2) * g) * g       # scale_by_rms(0.999)'s ν
+  ones = jnp.ones_like(g)
 
-  def operand(a, case, beta, one_minus, power, rms_form):
+  def operand(a, case, const, beta, one_minus, power, rms_form):
     x = _select(power, [g, g2, g3])
     a = beta * a + (one_minus * x) * jnp.where(rms_form, g, ones)
-    adam = (a / shared.corr1) / (jnp.sqrt(b / shared.corr2) + _ROOT_EPS)   # m̂ / (√v̂ + ε)
-    rms = g / jnp.sqrt(a + _ROOT_EPS)                                    # g / √(ν + ε)
     sa = jnp.sign(a)
-    cases = [g, g2, g3, a, sg, sa, sg * sa, adam, rms, ones, twos, shared.noise]
-    return _select(case, cases), a
+    kinds = {                                       # each kind of `dsl.Operand`
+        "g^k": x,
+        "ema": a,
+        "sign(g)": sg,
+        "sign(ema)": sa,
+        "sign(g)*sign(ema)": sg * sa,
+        "adam": (a / shared.corr1) / (jnp.sqrt(b / shared.corr2) + ADAM_EPS),  # m̂/(√v̂ + ε)
+        "rmsprop": g / jnp.sqrt(a + RMS_EPS),                                # g / √(ν + ε)
+        "const": const.astype(g.dtype),
+        "noise": shared.noise,
+    }
+    return _select(case, [kinds[k] for k in OPERAND_KINDS]), a
 
-  x1, a1 = operand(state.a1, ch.case1, ch.beta1, ch.one_minus1, ch.power1, ch.rms1)
-  x2, a2 = operand(state.a2, ch.case2, ch.beta2, ch.one_minus2, ch.power2, ch.rms2)
+  x1, a1 = operand(state.a1, ch.case1, ch.const1, ch.beta1, ch.one_minus1, ch.power1, ch.rms1)
+  x2, a2 = operand(state.a2, ch.case2, ch.const2, ch.beta2, ch.one_minus2, ch.power2, ch.rms2)
   f = _select(ch.decay, list(shared.decay))
   return x1, f * x2, SlotState(a1=a1, a2=a2, b=b)
 
 
-def _unary(x: jax.Array, keep: jax.Array, exp: bool) -> list[jax.Array]:
-  return [x, -x, jnp.exp(x) if exp else x, jnp.log(jnp.abs(x)), jnp.sqrt(jnp.abs(x)),
-          jnp.clip(x, -1.0, 1.0), jnp.sign(x), jnp.where(keep, x, 0.0), 1.0 + x]
+def _unary(x: jax.Array, keep: jax.Array, costly: bool) -> list[jax.Array]:
+  """Every branch of `dsl.UNARY_OPS` on `x`; with `costly` False, `x` stands in for the costly
+  ones."""
+  return [op.fn(x, lambda: keep) if costly or not op.costly else x for op in UNARY_OPS]
 
 
 def tail(x1: jax.Array, x2: jax.Array, ch: Choices, shared: StepShared,
@@ -231,8 +229,7 @@ def tail(x1: jax.Array, x2: jax.Array, ch: Choices, shared: StepShared,
   u1, u2, bi = ch.unary1, ch.unary2, ch.binary
   y1 = _select(u1, _unary(x1, shared.keep1, sites[0]))
   y2 = _select(u2, _unary(x2, shared.keep2, sites[1]))
-  branches = [y1 + y2, y1 - y2, y1 * y2, y1 / (y2 + _DIV_DELTA),
-              power(y1, y2) if sites[2] else y1, y1]
+  branches = [op.fn(y1, y2) if sites[2] or not op.costly else y1 for op in BINARY_OPS]
   return _select(bi, branches)
 
 

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from gradxform import _check
 from gradxform.search.dsl import LEFT, SIZES, Rule
 
 Fitness = Callable[[Sequence[Rule]], np.ndarray]
@@ -68,16 +69,11 @@ def mutate(rule: Rule, rng: np.random.Generator) -> Rule:
   return Rule(*values).canonical()
 
 
-def _check_budget(where: str, budget: int, batch: int) -> None:
-  for name, value in (("budget", budget), ("batch", batch)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
-
-
 def random_search(fitness: Fitness, budget: int, *, batch: int = 64,
                   seed: int = 0) -> SearchResult:
   """`budget` rules drawn uniformly at random, evaluated `batch` at a time."""
-  _check_budget("random_search", budget, batch)
+  budget = _check.integer("random_search", "budget", budget, minimum=1)
+  batch = _check.integer("random_search", "batch", batch, minimum=1)
   rng = np.random.default_rng(seed)
   rules: list[Rule] = []
   scores: list[np.ndarray] = []
@@ -100,11 +96,12 @@ def regularized_evolution(fitness: Fitness, budget: int, *, population: int = 64
   *oldest* members leave it (ageing, not the worst), until `budget` candidates in all,
   initial population included.
   """
-  batch = population if batch is None else batch
-  _check_budget("regularized_evolution", budget, batch)
-  if not 1 <= tournament <= population:
-    raise ValueError(f"regularized_evolution: tournament must be in 1..population "
-                     f"({population}), got {tournament!r}")
+  where = "regularized_evolution"
+  budget = _check.integer(where, "budget", budget, minimum=1)
+  population = _check.integer(where, "population", population, minimum=1)
+  batch = population if batch is None else _check.integer(where, "batch", batch, minimum=1)
+  tournament = _check.integer(where, "tournament", tournament, minimum=1)
+  _check.ordered(where, ("tournament", tournament), ("population", population))
   rng = np.random.default_rng(seed)
   start = [Rule.validate(r).canonical() for r in initial][:population]
   start += [random_rule(rng) for _ in range(population - len(start))]

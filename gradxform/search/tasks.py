@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradxform._equality import by_value, same_value, value_hash
+
 
 class Task(NamedTuple):
   """A problem to train on: `loss(params)` from `params`, for `steps` full-batch steps."""
@@ -23,11 +25,14 @@ class Task(NamedTuple):
   steps: int
   floor: float = 0.0                      # a lower bound of the loss (its minimum if known)
 
-  def __hash__(self) -> int:   # tasks key the compile cache; identity is what matters
-    return id(self)
-
+  # Equal by value (arrays by content, `loss` by the factory and arguments that built it), as
+  # optimizers are: the task factories below are `by_value`, so a rebuilt task equals the
+  # original. A NamedTuple's own `==` would compare the arrays element-wise.
   def __eq__(self, other: object) -> bool:
-    return self is other
+    return same_value(self, other)
+
+  def __hash__(self) -> int:
+    return value_hash(self)
 
 
 @jax.custom_jvp
@@ -57,6 +62,7 @@ def _softplus_jvp(primals, tangents):
   return value, (jnp.where(x >= 0, 1.0, e) / (1.0 + e)) * dx
 
 
+@by_value
 def logistic_regression(seed: int = 0, *, n: int = 256, dim: int = 16, l2: float = 1e-3,
                         steps: int = 100) -> Task:
   """L2-regularized logistic regression on ill-conditioned synthetic data (convex).
@@ -96,6 +102,7 @@ def logistic_regression(seed: int = 0, *, n: int = 256, dim: int = 16, l2: float
               floor - 1e-6)   # float32 losses can dip a hair below the float64 optimum
 
 
+@by_value
 def rosenbrock(dim: int = 2, *, steps: int = 200, seed: int = 0) -> Task:
   """Rosenbrock's banana, `Σ (1 − x_i)² + 100 (x_{i+1} − x_i²)²`, from `(−1.2, 1, ...)`.
 
@@ -112,6 +119,7 @@ def rosenbrock(dim: int = 2, *, steps: int = 200, seed: int = 0) -> Task:
   return Task(name, jnp.asarray(x0, jnp.float32), loss, steps, 0.0)
 
 
+@by_value
 def mlp_digits(seed: int = 0, *, hidden: int = 32, n_train: int = 512, l2: float = 1e-4,
                steps: int = 100) -> Task:
   """A one-hidden-layer tanh MLP on `n_train` of scikit-learn's 8×8 digits.

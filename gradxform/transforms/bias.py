@@ -16,7 +16,7 @@ class BiasCorrectionState(NamedTuple):
   count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("decay",))
 def bias_correction(decay: float) -> GradientTransformation:
   """Divides the incoming updates by `1 − decay^t`, `t` = 1, 2, … this transform's steps.
 
@@ -27,6 +27,12 @@ def bias_correction(decay: float) -> GradientTransformation:
     decay: the decay of the moving average being corrected, in [0, 1).
 
   State: `BiasCorrectionState(count)`.
+
+  Example:
+    >>> tx = gx.chain(gx.scale_by_momentum(0.9, ema=True), gx.bias_correction(0.9))
+    >>> updates, _ = tx.update(grads, tx.init(params))
+    >>> jnp.round(updates["b"], 4)            # m = 0.1 · 0.5, m̂ = m / (1 − 0.9)
+    Array([0.5, 0.5], dtype=float32)
 
   References:
     Kingma & Ba, "Adam: A method for stochastic optimization", ICLR 2015, section 3.

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform
+from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
 
 
 class MomentumState(NamedTuple):
@@ -18,7 +18,7 @@ class MomentumState(NamedTuple):
   trace: Any               # the momentum buffer b (or EMA m), like params
 
 
-@transform(shares_count=True, accumulates=True)
+@transform(shares_count=True, accumulates=True, hyperparams=("decay", "dampening"))
 def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: float = 0.0,
                       ema: bool = False, state_dtype: Any = None) -> GradientTransformation:
   """Momentum on the incoming updates `g`.
@@ -38,6 +38,14 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
 
   State: `MomentumState(count, trace)`.
 
+  Example:
+    >>> tx = gx.scale_by_momentum(0.9)
+    >>> state = tx.init(params)
+    >>> for _ in range(2):
+    ...   updates, state = tx.update(grads, state)
+    >>> updates["b"]                          # b = 0.9 · 0.5 + 0.5
+    Array([0.95, 0.95], dtype=float32)
+
   References:
     Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
     Sutskever et al., "On the importance of initialization and momentum in deep learning",
@@ -48,10 +56,9 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
   dampening = _check.unit_interval(where, "dampening", dampening, closed=True)
   state_dtype = _check.state_dtype(where, state_dtype)
   undamped = isinstance(dampening, float) and dampening == 0.0
-  if nesterov and not undamped:
-    raise ValueError(f"{where}: Nesterov momentum requires dampening=0, got {dampening!r}")
-  if ema and not undamped:
-    raise ValueError(f"{where}: dampening applies to the heavy-ball form only (ema=False)")
+  _check.nesterov(where, nesterov, dampening=dampening)
+  _check.requires(where, undamped or not ema, "dampening applies to the heavy-ball form only "
+                  f"(ema=False), got dampening={dampening!r} with ema=True")
 
   def init(params):
     return MomentumState(count=_numerics.zero_count(),
@@ -61,8 +68,8 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
     cd = _numerics.compute_dtype(g, b)
     g32, b32 = _numerics.cast(g, cd), _numerics.cast(b, cd)
     if ema:
-      new_b = decay * b32 + (1.0 - decay) * g32
-      out = decay * new_b + (1.0 - decay) * g32 if nesterov else new_b
+      new_b = _numerics.ema(b32, g32, decay)
+      out = _numerics.ema(new_b, g32, decay) if nesterov else new_b
     else:
       new_b = decay * b32 + g32 if undamped else jnp.where(
           first, g32, decay * b32 + (1.0 - dampening) * g32)
@@ -71,7 +78,8 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
 
   def update(updates, state, params=None, **extra):
     del params
-    _tree.check_updates(where, state.trace, updates)
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.trace, updates)
     count = step_count(state, extra)
     first = count == 0
     out, trace = _tree.map_unzip(lambda g, b: leaf(g, b, first), 2, updates, state.trace)

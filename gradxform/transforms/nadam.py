@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform
+from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
 
 
 class NadamMomentumState(NamedTuple):
@@ -19,7 +19,7 @@ class NadamMomentumState(NamedTuple):
   mu_product: jax.Array    # Π_t = ∏ μ_i (torch form; 1 in Dozat's), scalar_dtype() scalar
 
 
-@transform(shares_count=True, accumulates=True)
+@transform(shares_count=True, accumulates=True, hyperparams=("b1", "momentum_decay"))
 def scale_by_nadam_momentum(b1: float = 0.9, *, momentum_decay: float | None = None,
                             state_dtype: Any = None) -> GradientTransformation:
   """Nadam's bias-corrected Nesterov look-ahead of the first moment.
@@ -31,6 +31,12 @@ def scale_by_nadam_momentum(b1: float = 0.9, *, momentum_decay: float | None = N
   Follow with `scale_by_rms(b2, eps, eps_in_sqrt=False, bias_correction=True)`.
 
   State: `NadamMomentumState(count, mu, mu_product)`.
+
+  Example:
+    >>> tx = gx.scale_by_nadam_momentum(0.9)
+    >>> updates, _ = tx.update(grads, tx.init(params))
+    >>> jnp.round(updates["b"], 5)            # 0.9 · 0.05 / (1 − 0.9²) + 0.1 · 0.5 / (1 − 0.9)
+    Array([0.73684, 0.73684], dtype=float32)
 
   References:
     Dozat, "Incorporating Nesterov momentum into Adam", ICLR workshop 2016.
@@ -48,7 +54,8 @@ def scale_by_nadam_momentum(b1: float = 0.9, *, momentum_decay: float | None = N
 
   def update(updates, state, params=None, **extra):
     del params
-    _tree.check_updates(where, state.mu, updates)
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.mu, updates)
     count = step_count(state, extra)
     t = (count + 1).astype(_numerics.scalar_dtype())
     mu_product = state.mu_product
@@ -58,16 +65,16 @@ def scale_by_nadam_momentum(b1: float = 0.9, *, momentum_decay: float | None = N
     else:
       mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
       mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1.0) * momentum_decay))
-      mu_product = (state.mu_product * mu_t).astype(_numerics.scalar_dtype())
+      mu_product = _numerics.cast(state.mu_product * mu_t, _numerics.scalar_dtype())
       coef_g = (1.0 - mu_t) / (1.0 - mu_product)
       coef_m = mu_next / (1.0 - mu_product * mu_next)
 
     def leaf(g, m):
       cd = _numerics.compute_dtype(g, m)
-      g = g.astype(cd)
-      new_m = b1 * m.astype(cd) + (1.0 - b1) * g
+      g = _numerics.cast(g, cd)
+      new_m = _numerics.ema(m, g, b1)
       out = coef_g * g + coef_m * new_m
-      return out, new_m.astype(m.dtype)
+      return out, _numerics.cast(new_m, m.dtype)
 
     out, mu = _tree.map_unzip(leaf, 2, updates, state.mu)
     out = _numerics.cast_like(out, updates)

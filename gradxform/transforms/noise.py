@@ -27,13 +27,13 @@ def noise_key(seed: int, count: jax.Array) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), count)
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("eta", "gamma"))
 def add_gradient_noise(eta: float = 0.01, gamma: float = 0.55,
                        seed: int = 0) -> GradientTransformation:
   """Adds annealed Gaussian noise: `g ← g + N(0, σ_t²)`, `σ_t² = η / (1 + t')^γ`.
 
-  `t'` = updates before this one (0 on the first step), as ALGORITHMS.md and Neelakantan et
-  al. For the random stream see `noise_key`.
+  `t'` = updates before this one (0 on the first step), as docs/ALGORITHMS.md and Neelakantan
+  et al. For the random stream see `noise_key`.
 
   Args:
     eta: η ≥ 0, the initial variance.
@@ -42,6 +42,15 @@ def add_gradient_noise(eta: float = 0.01, gamma: float = 0.55,
 
   State: `NoiseState(count)`.
 
+  Example:
+    >>> tx = gx.add_gradient_noise(eta=0.0)      # η = 0: no noise
+    >>> tx.update(grads, tx.init(params))[0]["b"]
+    Array([0.5, 0.5], dtype=float32)
+    >>> tx = gx.add_gradient_noise(eta=0.01, seed=0)
+    >>> noisy, _ = tx.update(grads, tx.init(params))
+    >>> bool(jnp.all(noisy["w"] != grads["w"]))
+    True
+
   References:
     Neelakantan et al., "Adding gradient noise improves learning for very deep networks",
     2015.
@@ -49,8 +58,7 @@ def add_gradient_noise(eta: float = 0.01, gamma: float = 0.55,
   where = "add_gradient_noise"
   eta = _check.non_negative(where, "eta", eta)
   gamma = _check.non_negative(where, "gamma", gamma)
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise ValueError(f"{where}: seed must be an int, got {seed!r}")
+  seed = _check.integer(where, "seed", seed)
 
   def init(params):
     del params
@@ -62,8 +70,9 @@ def add_gradient_noise(eta: float = 0.01, gamma: float = 0.55,
     leaves, treedef = jax.tree.flatten(updates)
     keys = jax.random.split(noise_key(seed, count), max(len(leaves), 1))
     std = jnp.sqrt(eta / (1.0 + count.astype(_numerics.scalar_dtype())) ** gamma)
-    noisy = [(u + std * jax.random.normal(k, jnp.shape(u), _numerics.compute_dtype(u)))
-             .astype(u.dtype) for u, k in zip(leaves, keys)]
+    noisy = [_numerics.cast(u + std * jax.random.normal(k, jnp.shape(u),
+                                                        _numerics.compute_dtype(u)), u.dtype)
+             for u, k in zip(leaves, keys)]
     return treedef.unflatten(noisy), NoiseState(count=next_count(state, count))
 
   return GradientTransformation(init, update)

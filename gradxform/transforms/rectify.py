@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (GradientTransformation, next_count, raw_gradient, step_count,
-                             transform)
+                             transform, trees_checked)
 
 
 class RectificationState(NamedTuple):
@@ -51,10 +51,10 @@ def _rho(decay: float, rho_inf: float, t: jax.Array) -> jax.Array:
     x = -jnp.log(jnp.asarray(decay, dtype))
   y = jnp.minimum(t * x, 1.0)
   series = t + 2.0 * x * _bernoulli_tail(x) - 2.0 * t * y * _bernoulli_tail(y)
-  return jnp.where(t * x < 1.0, series, direct).astype(dtype)
+  return _numerics.cast(jnp.where(t * x < 1.0, series, direct), dtype)
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("decay", "eps", "threshold"))
 def scale_by_rectification(decay: float = 0.999, eps: float = 1e-8, *,
                            threshold: float = 5.0,
                            state_dtype: Any = None) -> GradientTransformation:
@@ -67,16 +67,20 @@ def scale_by_rectification(decay: float = 0.999, eps: float = 1e-8, *,
 
   State: `RectificationState(count, nu)`.
 
+  Example:
+    >>> tx = gx.scale_by_rectification(0.999)
+    >>> updates, _ = tx.update(grads, tx.init(params))
+    >>> updates["b"]                          # ρ_1 = 1 ≤ 5: the momentum passes unchanged
+    Array([0.5, 0.5], dtype=float32)
+
   References:
     Liu et al., "On the variance of the adaptive learning rate and beyond", ICLR 2020.
   """
   where = "scale_by_rectification"
   decay = _check.unit_interval(where, "decay", decay)
   eps = _check.non_negative(where, "eps", eps)
-  threshold = _check.non_negative(where, "threshold", threshold)
-  if isinstance(threshold, float) and threshold < 4.0:
-    raise ValueError(f"{where}: threshold must be >= 4 (r_t is undefined for 2 < ρ_t < 4), "
-                     f"got {threshold!r}")
+  threshold = _check.at_least(where, "threshold", threshold, 4.0,
+                              why=" (r_t is undefined for 2 < ρ_t < 4)")
   state_dtype = _check.state_dtype(where, state_dtype)
   rho_inf = 2.0 / (1.0 - decay) - 1.0  # an array when decay is injected (inject_hyperparams)
 
@@ -87,7 +91,8 @@ def scale_by_rectification(decay: float = 0.999, eps: float = 1e-8, *,
   def update(updates, state, params=None, **extra):
     del params
     grad = raw_gradient(updates, extra)
-    _tree.check_updates(where, state.nu, updates)
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.nu, updates)
     count = step_count(state, extra)
     t = count + 1
     corr = _numerics.one_minus_decay_power(decay, t)
@@ -99,11 +104,11 @@ def scale_by_rectification(decay: float = 0.999, eps: float = 1e-8, *,
 
     def leaf(u, g, nu):
       cd = _numerics.compute_dtype(u, nu)
-      g = g.astype(cd)
-      new_nu = decay * nu.astype(cd) + (1.0 - decay) * g * g
-      step = rect * jnp.sqrt(corr) * u.astype(cd) / (jnp.sqrt(new_nu) + eps)
-      out = jnp.where(adapt, step, u.astype(cd))
-      return out.astype(u.dtype), new_nu.astype(nu.dtype)
+      g = _numerics.cast(g, cd)
+      new_nu = _numerics.ema(nu, g, decay, squared=True)
+      step = rect * jnp.sqrt(corr) * _numerics.cast(u, cd) / (jnp.sqrt(new_nu) + eps)
+      out = jnp.where(adapt, step, _numerics.cast(u, cd))
+      return _numerics.cast(out, u.dtype), _numerics.cast(new_nu, nu.dtype)
 
     out, nu = _tree.map_unzip(leaf, 2, updates, grad, state.nu)
     return out, RectificationState(count=next_count(state, count), nu=nu)

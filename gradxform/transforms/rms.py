@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (GradientTransformation, next_count, raw_gradient, step_count,
-                             transform)
+                             transform, trees_checked)
 
 
 class RmsState(NamedTuple):
@@ -26,7 +26,7 @@ def _denominator(v: jax.Array, eps: Any, eps_root: Any, eps_in_sqrt: bool) -> ja
   return jnp.sqrt(v + eps) if eps_in_sqrt else jnp.sqrt(v) + eps
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("decay", "eps", "eps_root"))
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = True,
                  centered: bool = False, bias_correction: bool = False, eps_root: float = 0.0,
                  state_dtype: Any = None) -> GradientTransformation:
@@ -51,6 +51,12 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
 
   State: `RmsState(count, nu, mu)`; `mu` is None unless centered.
 
+  Example:
+    >>> tx = gx.scale_by_rms(0.9, eps=0.0)
+    >>> updates, _ = tx.update(grads, tx.init(params))
+    >>> updates["b"]                          # 0.5 / √(0.1 · 0.5²) = √10
+    Array([3.1622777, 3.1622777], dtype=float32)
+
   References:
     Hinton, Srivastava & Swersky, "Neural networks for machine learning", lecture 6e, 2012.
     Graves, "Generating sequences with recurrent neural networks", 2013.
@@ -69,7 +75,8 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
   def update(updates, state, params=None, **extra):
     del params
     grad = raw_gradient(updates, extra)
-    _tree.check_updates(where, state.nu, updates)
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.nu, updates)
     count = step_count(state, extra)
     corr = _numerics.one_minus_decay_power(decay, count + 1) if bias_correction else 1.0
 
@@ -79,11 +86,11 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
     def leaf(u, g, nu, mu):
       cd = _numerics.compute_dtype(u, nu)
       g = _numerics.cast(g, cd)
-      new_nu = decay * _numerics.cast(nu, cd) + (1.0 - decay) * g * g
+      new_nu = _numerics.ema(nu, g, decay, squared=True)
       v = unbiased(new_nu)
       new_mu = mu
       if centered:
-        new_mu = decay * _numerics.cast(mu, cd) + (1.0 - decay) * g
+        new_mu = _numerics.ema(mu, g, decay)
         v = v - jnp.square(unbiased(new_mu))
         new_mu = _numerics.cast(new_mu, mu.dtype)
       out = _numerics.cast(u, cd) / _denominator(v, eps, eps_root, eps_in_sqrt)
@@ -104,7 +111,7 @@ class AmsgradState(NamedTuple):
   nu_max: Any              # running maximum of nu, like params
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("decay", "eps"))
 def scale_by_amsgrad(decay: float = 0.999, eps: float = 1e-8, *, bias_correction: bool = True,
                      state_dtype: Any = None) -> GradientTransformation:
   """AMSGrad's preconditioner: the root of the running maximum of the second moment.
@@ -120,6 +127,12 @@ def scale_by_amsgrad(decay: float = 0.999, eps: float = 1e-8, *, bias_correction
     state_dtype: dtype of `nu` and `nu_max`.
 
   State: `AmsgradState(count, nu, nu_max)`.
+
+  Example:
+    >>> tx = gx.scale_by_amsgrad(0.999, eps=0.0)
+    >>> updates, _ = tx.update(grads, tx.init(params))
+    >>> jnp.round(updates["b"], 4)            # v_max / (1 − ρ) = 0.5², so 0.5 / 0.5
+    Array([1., 1.], dtype=float32)
 
   References:
     Reddi, Kale & Kumar, "On the convergence of Adam and beyond", ICLR 2018.
@@ -137,17 +150,19 @@ def scale_by_amsgrad(decay: float = 0.999, eps: float = 1e-8, *, bias_correction
   def update(updates, state, params=None, **extra):
     del params
     grad = raw_gradient(updates, extra)
-    _tree.check_updates(where, state.nu, updates)
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.nu, updates)
     count = step_count(state, extra)
     corr = _numerics.one_minus_decay_power(decay, count + 1) if bias_correction else 1.0
 
     def leaf(u, g, nu, nu_max):
       cd = _numerics.compute_dtype(u, nu)
-      g = g.astype(cd)
-      new_nu = decay * nu.astype(cd) + (1.0 - decay) * g * g
-      new_max = jnp.maximum(nu_max.astype(cd), new_nu)
-      out = u.astype(cd) / (jnp.sqrt(new_max / corr) + eps)
-      return out.astype(u.dtype), new_nu.astype(nu.dtype), new_max.astype(nu_max.dtype)
+      g = _numerics.cast(g, cd)
+      new_nu = _numerics.ema(nu, g, decay, squared=True)
+      new_max = jnp.maximum(_numerics.cast(nu_max, cd), new_nu)
+      out = _numerics.cast(u, cd) / (jnp.sqrt(new_max / corr) + eps)
+      return (_numerics.cast(out, u.dtype), _numerics.cast(new_nu, nu.dtype),
+              _numerics.cast(new_max, nu_max.dtype))
 
     out, nu, nu_max = _tree.map_unzip(leaf, 3, updates, grad, state.nu, state.nu_max)
     return out, AmsgradState(count=next_count(state, count), nu=nu, nu_max=nu_max)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, next_count, raw_gradient, step_count,
-                             transform)
+from gradxform._base import (GradientTransformation, Schedule, next_count, raw_gradient,
+                             step_count, transform, trees_checked)
 
 
 class SignAgreementState(NamedTuple):
@@ -20,9 +20,9 @@ class SignAgreementState(NamedTuple):
   mu: Any                  # EMA m of gradients, like params
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("base", "alpha", "beta"))
 def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 1.0,
-                   beta: float = 0.9, decay_fn: Callable[[jax.Array], jax.Array] | None = None,
+                   beta: float = 0.9, decay_fn: Schedule | None = None,
                    state_dtype: Any = None) -> GradientTransformation:
   """Scales each update up where the gradient agrees in sign with its moving average.
 
@@ -43,6 +43,12 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
 
   State: `SignAgreementState(count, mu)`.
 
+  Example:
+    >>> tx = gx.sign_agreement(mode="add", alpha=1.0)
+    >>> updates, _ = tx.update(grads, tx.init(params))
+    >>> updates["b"]                          # g and m agree: (1 + 1) · 0.5
+    Array([1., 1.], dtype=float32)
+
   References:
     Bello, Zoph, Vasudevan & Le, "Neural optimizer search with reinforcement learning",
     ICML 2017.
@@ -54,9 +60,7 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
   alpha = _check.non_negative(where, "alpha", alpha)
   beta = _check.unit_interval(where, "beta", beta)
   state_dtype = _check.state_dtype(where, state_dtype)
-  if decay_fn is not None and not callable(decay_fn):
-    raise ValueError(f"{where}: decay_fn must be a function of the step or None, got "
-                     f"{decay_fn!r}")
+  _check.function(where, "decay_fn", decay_fn, optional=True)
 
   def init(params):
     return SignAgreementState(count=_numerics.zero_count(),
@@ -65,14 +69,15 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
   def update(updates, state, params=None, **extra):
     del params
     grad = raw_gradient(updates, extra)
-    _tree.check_updates(where, state.mu, updates)
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.mu, updates)
     count = step_count(state, extra)
     f = 1.0 if decay_fn is None else decay_fn(count)
 
     def leaf(u, g, m):
       cd = _numerics.compute_dtype(u, m)
       g = _numerics.cast(g, cd)
-      new_m = beta * _numerics.cast(m, cd) + (1.0 - beta) * g
+      new_m = _numerics.ema(m, g, beta)
       s = f * jnp.sign(g) * jnp.sign(new_m)
       factor = jnp.exp(log_base * s) if mode == "power" else alpha + s
       return (_numerics.cast(factor * _numerics.cast(u, cd), u.dtype),

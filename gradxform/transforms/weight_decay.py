@@ -8,9 +8,9 @@ import jax
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, next_count,
-                             require_params, step_count, transform)
+                             require_params, step_count, transform, trees_checked)
+from gradxform.wrappers.masked import Mask, resolve_flags
 
-Mask = Any  # a tree of bools like params, or a function params -> such a tree
 
 
 class WeightDecayState(NamedTuple):
@@ -19,45 +19,48 @@ class WeightDecayState(NamedTuple):
   count: jax.Array | None  # type: ignore[assignment]  # shadows tuple.count
 
 
-def resolve_mask(where: str, mask: Mask, params: Any) -> Any:
-  """The bool tree of `mask` (calling it on params if it is a function), checked against params."""
-  tree = mask(params) if callable(mask) else mask
-  _tree.check_same_structure(where, params, tree, "params", "mask")
-  return tree
-
-
 def _add_scaled_params(where: str, rate: ScalarOrSchedule, mask: Mask | None) -> Any:
-  """`u + rate · θ` (where `mask` is True), the body of both weight decays below."""
-  def apply(updates, params, value):
+  """`u + rate · θ` (where `mask` is True), the body of both weight decays below.
+
+  `mask` follows `gx.masked`'s rules (`resolve_flags`): a bool tree or prefix, or a function of
+  params (a callable pytree is a tree); it is checked against the params in `init` too.
+  """
+  def apply(updates, params, value, extra):
     params = require_params(where, params)
-    _tree.check_updates(where, params, updates, "params", "updates")
+    if not trees_checked(extra):
+      _tree.check_updates(where, params, updates, "params", "updates")
     if mask is None:
       return jax.tree.map(lambda u, p: _numerics.cast(u + value * p, u.dtype), updates, params)
-    flags = resolve_mask(where, mask, params)
-    return jax.tree.map(lambda u, p, m: _numerics.cast(u + value * p, u.dtype) if m else u,
-                        updates, params, flags)
+    flags = resolve_flags(where, mask, params)
+    leaves, treedef = jax.tree.flatten(updates)
+    return treedef.unflatten([_numerics.cast(u + value * p, u.dtype) if f else u
+                              for u, p, f in zip(leaves, treedef.flatten_up_to(params), flags)])
+
+  def check_mask(params):
+    if mask is not None:
+      resolve_flags(where, mask, params)
 
   if not callable(rate):
     def init(params):
-      del params
+      check_mask(params)
       return EmptyState()
 
     def update(updates, state, params=None, **extra):
-      del extra
-      return apply(updates, params, rate), state
+      return apply(updates, params, rate, extra), state
   else:
     def init(params):
-      del params
+      check_mask(params)
       return WeightDecayState(count=_numerics.zero_count())
 
     def update(updates, state, params=None, **extra):
       count = step_count(state, extra)
-      return apply(updates, params, rate(count)), WeightDecayState(next_count(state, count))
+      return (apply(updates, params, rate(count), extra),
+              WeightDecayState(next_count(state, count)))
 
   return GradientTransformation(init, update)
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("rate",))
 def decoupled_weight_decay(rate: ScalarOrSchedule,
                            *, mask: Mask | Callable[[Any], Any] | None = None
                            ) -> GradientTransformation:
@@ -70,20 +73,30 @@ def decoupled_weight_decay(rate: ScalarOrSchedule,
 
   Args:
     rate: λ ≥ 0, or a schedule of the step.
-    mask: a tree of bools like params (True: decay this leaf), or a function of params that
-      returns one; None decays every leaf.
+    mask: a tree of bools like params (True: decay this leaf; a prefix of it gives one bool
+      for a whole subtree), or a function of params that returns one; None decays every
+      leaf. The rules are `gx.masked`'s: a callable pytree (an equinox module) is a tree,
+      never called, and the leaves must be concrete bools.
 
   State: `EmptyState()`, or `WeightDecayState(count)` for a scheduled rate.
+
+  Example:
+    >>> not_bias = {"w": True, "b": False}
+    >>> tx = gx.decoupled_weight_decay(0.1, mask=not_bias)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates["w"]                          # 0.5 + 0.1 · θ; the bias is not decayed
+    Array([[0.6 , 0.3 ],
+           [0.55, 0.8 ]], dtype=float32)
 
   References:
     Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
   """
   where = "decoupled_weight_decay"
-  rate = rate if callable(rate) else _check.non_negative(where, "rate", rate)
+  rate = _check.non_negative_or_schedule(where, "rate", rate)
   return _add_scaled_params(where, rate, mask)
 
 
-@transform(shares_count=True)
+@transform(shares_count=True, hyperparams=("weight_decay",))
 def add_l2_penalty(weight_decay: ScalarOrSchedule,
                    *, mask: Mask | Callable[[Any], Any] | None = None) -> GradientTransformation:
   """Coupled L2 regularization: `g ← g + λθ`, placed first, before any preconditioner.
@@ -98,10 +111,15 @@ def add_l2_penalty(weight_decay: ScalarOrSchedule,
 
   State: `EmptyState()`, or `WeightDecayState(count)` for a scheduled λ.
 
+  Example:
+    >>> tx = gx.add_l2_penalty(0.1)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates["b"]                          # 0.5 + 0.1 · θ
+    Array([0.51, 0.49], dtype=float32)
+
   References:
     Krogh & Hertz, "A simple weight decay can improve generalization", NeurIPS 1991.
   """
   where = "add_l2_penalty"
-  rate = weight_decay if callable(weight_decay) else _check.non_negative(
-      where, "weight_decay", weight_decay)
+  rate = _check.non_negative_or_schedule(where, "weight_decay", weight_decay)
   return _add_scaled_params(where, rate, mask)

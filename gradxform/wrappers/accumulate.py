@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 
-from gradxform import _numerics, _tree
-from gradxform._base import GRAD_KEY, GradientTransformation, _as_transform, transform
+from gradxform import _check, _numerics, _tree
+from gradxform._base import (_as_transform, GRAD_KEY, GradientTransformation, transform,
+                             trees_checked)
 from gradxform.wrappers.masked import inner_extra
 
 EveryK = Union[int, Callable[[jax.Array], Any]]
@@ -46,7 +46,12 @@ def accumulate_gradients(inner: GradientTransformation, every_k: EveryK) -> Grad
   is not accumulated separately).
 
   Example:
-    >>> tx = gx.accumulate_gradients(gx.adam(1e-3), every_k=4)
+    >>> tx = gx.accumulate_gradients(gx.sgd(0.1), every_k=2)
+    >>> state = tx.init(params)
+    >>> first, state = tx.update(grads, state, params)     # a micro step: no move
+    >>> second, state = tx.update(grads, state, params)    # −0.1 · the mean gradient
+    >>> first["b"], second["b"]
+    (Array([0., 0.], dtype=float32), Array([-0.05, -0.05], dtype=float32))
     >>> tx = gx.accumulate_gradients(gx.sgd(0.1), lambda step: jnp.where(step < 100, 1, 4))
 
   References:
@@ -56,11 +61,7 @@ def accumulate_gradients(inner: GradientTransformation, every_k: EveryK) -> Grad
   """
   where = "accumulate_gradients"
   inner = _as_transform(inner, f"{where}: inner")
-  if not callable(every_k):
-    if (isinstance(every_k, bool) or not isinstance(every_k, numbers.Integral)
-        or every_k < 1):
-      raise ValueError(f"{where}: every_k must be a positive int or a schedule, got {every_k!r}")
-    every_k = int(every_k)
+  every_k = _check.positive_int_or_schedule(where, "every_k", every_k)
 
   def k_at(step):
     k = every_k(step) if callable(every_k) else every_k
@@ -76,15 +77,17 @@ def accumulate_gradients(inner: GradientTransformation, every_k: EveryK) -> Grad
     if not isinstance(state, AccumulateState):
       raise ValueError(f"{where}.update: expected the AccumulateState made by this "
                        f"accumulate_gradients's init(), got {type(state).__name__}.")
-    _tree.check_updates(where, state.acc, updates)
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.acc, updates)
     k = k_at(state.gradient_step)
-    acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), state.acc, updates)
+    acc = jax.tree.map(lambda a, g: a + _numerics.cast(g, a.dtype), state.acc, updates)
     emit = state.micro_step + 1 >= k
     rest = inner_extra(extra, None)
     rest.pop(GRAD_KEY, None)
 
     def step():
-      mean = jax.tree.map(lambda a, g: (a / k.astype(a.dtype)).astype(g.dtype), acc, updates)
+      mean = jax.tree.map(lambda a, g: _numerics.cast(a / _numerics.cast(k, a.dtype), g.dtype),
+                          acc, updates)
       out, s = inner.update(mean, state.inner_state, params, **rest)
       return _numerics.cast_like(out, updates), _numerics.cast_like(s, state.inner_state)
 

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, require_params, transform
+from gradxform._base import GradientTransformation, require_params, transform, trees_checked
 from gradxform.wrappers.state_access import tree_get
 
 
@@ -30,16 +30,17 @@ def _averaging(where: str, rate: Any, state_dtype: Any) -> GradientTransformatio
     return ParamAverageState(num_averaged=_numerics.zero_count(), averaged=avg)
 
   def update(updates, state, params=None, **extra):
-    del extra
     params = require_params(where, params)
-    _tree.check_updates(where, state.averaged, updates)
-    _tree.check_same_structure(where, state.averaged, params, "state", "params")
+    if not trees_checked(extra):
+      _tree.check_updates(where, state.averaged, updates)
+      _tree.check_same_structure(where, state.averaged, params, "state", "params")
     w = rate(state.num_averaged)
 
     def leaf(avg, p, u):
       cd = _numerics.compute_dtype(avg, p, u)
-      new = p.astype(cd) + u.astype(cd)
-      return (avg.astype(cd) + w * (new - avg.astype(cd))).astype(avg.dtype)
+      new = _numerics.cast(p, cd) + _numerics.cast(u, cd)
+      old = _numerics.cast(avg, cd)
+      return _numerics.cast(old + w * (new - old), avg.dtype)
 
     avg = jax.tree.map(leaf, state.averaged, params, updates)
     return updates, ParamAverageState(num_averaged=_numerics.safe_increment(state.num_averaged),
@@ -48,7 +49,7 @@ def _averaging(where: str, rate: Any, state_dtype: Any) -> GradientTransformatio
   return GradientTransformation(init, update)
 
 
-@transform
+@transform(hyperparams=("decay",))
 def ema_params(decay: float, *, state_dtype: Any = None) -> GradientTransformation:
   """Keeps an exponential moving average of the parameters; passes updates through.
 
@@ -64,8 +65,11 @@ def ema_params(decay: float, *, state_dtype: Any = None) -> GradientTransformati
   State: `ParamAverageState(num_averaged, averaged)`.
 
   Example:
-    >>> tx = gx.chain(gx.adam(1e-3), gx.ema_params(0.999))
-    >>> eval_params = gx.averaged_params(opt_state)
+    >>> tx = gx.chain(gx.sgd(0.1), gx.ema_params(0.9))
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> jnp.round(gx.averaged_params(state)["b"], 4)   # 0.9 · θ_0 + 0.1 · (θ_0 − 0.05)
+    Array([ 0.095, -0.105], dtype=float32)
 
   References:
     Polyak & Juditsky, "Acceleration of stochastic approximation by averaging", 1992;
@@ -90,6 +94,15 @@ def polyak_params(*, state_dtype: Any = None) -> GradientTransformation:
 
   State: `ParamAverageState(num_averaged, averaged)`.
 
+  Example:
+    >>> tx = gx.chain(gx.sgd(0.1), gx.polyak_params())
+    >>> state = tx.init(params)
+    >>> for _ in range(2):
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = gx.apply_updates(params, updates)
+    >>> jnp.round(gx.averaged_params(state)["b"], 4)   # the mean of θ_1 and θ_2
+    Array([ 0.025, -0.175], dtype=float32)
+
   References:
     Polyak & Juditsky, "Acceleration of stochastic approximation by averaging", SIAM J.
     Control Optim. 1992. Ruppert, "Efficient estimations from a slowly convergent
@@ -106,5 +119,14 @@ def averaged_params(state: Any) -> Any:
 
   Raises KeyError when the state holds none, ValueError when it holds several (use
   `gx.tree_get(state, "<group>/averaged")` then).
+
+  Example:
+    >>> state = gx.chain(gx.adam(1e-3), gx.ema_params(0.99)).init(params)
+    >>> gx.averaged_params(state)["b"]          # θ̄_0 = θ_0
+    Array([ 0.1, -0.1], dtype=float32)
+
+  References:
+    Polyak & Juditsky, "Acceleration of stochastic approximation by averaging", SIAM J.
+    Control Optim. 1992.
   """
   return tree_get(state, "averaged")

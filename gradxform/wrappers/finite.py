@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _numerics
+from gradxform import _check, _numerics
 from gradxform._base import GradientTransformation, _as_transform, transform
 from gradxform.wrappers.masked import inner_extra
 
@@ -52,6 +52,11 @@ def apply_if_finite(inner: GradientTransformation,
 
   Example:
     >>> tx = gx.apply_if_finite(gx.adam(1e-3), max_consecutive_errors=5)
+    >>> state = tx.init(params)
+    >>> bad = jax.tree.map(lambda g: g * jnp.nan, grads)
+    >>> updates, state = tx.update(bad, state, params)
+    >>> updates["b"], int(state.total_notfinite)
+    (Array([0., 0.], dtype=float32), 1)
 
   References:
     Micikevicius et al., "Mixed precision training", ICLR 2018 (skipping steps whose
@@ -59,10 +64,8 @@ def apply_if_finite(inner: GradientTransformation,
   """
   where = "apply_if_finite"
   inner = _as_transform(inner, f"{where}: inner")
-  if (isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int)
-      or max_consecutive_errors < 0):
-    raise ValueError(f"{where}: max_consecutive_errors must be an int >= 0, got "
-                     f"{max_consecutive_errors!r}")
+  max_consecutive_errors = _check.integer(where, "max_consecutive_errors",
+                                          max_consecutive_errors, minimum=0)
 
   def init(params):
     return ApplyIfFiniteState(notfinite_count=_numerics.zero_count(),

@@ -66,6 +66,12 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
 
   Example:
     >>> tx = gx.flatten(gx.adam(1e-3))
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> jnp.round(updates["b"], 6)            # as gx.adam(1e-3)
+    Array([-0.001, -0.001], dtype=float32)
+
+  References:
+    Optax's `flatten` (https://github.com/google-deepmind/optax).
   """
   where = "flatten"
   inner = _as_transform(inner, f"{where}: inner")

@@ -16,8 +16,10 @@ first update's value right after `init`), for logging.
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import numbers
+import types
 import typing
 from typing import Any, Callable, NamedTuple
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from gradxform._base import (
   COUNT_KEY,
+  HYPERPARAMS_ATTR,
   GradientTransformation,
   _accepts_extra,
   _as_transform,
@@ -37,7 +40,6 @@ from gradxform._base import (
 from gradxform._equality import by_value
 from gradxform._numerics import zero_count
 
-_NUMERIC_HINTS = ("float", "Array", "Schedule", "Scalar", "Numeric", "complex", "ndarray")
 _STATIC, _NUMBER, _SCHEDULE = "static", "number", "schedule"
 
 
@@ -50,6 +52,14 @@ class InjectHyperparamsState(NamedTuple):
     hyperparams: dict name -> array: the numeric hyperparameters (replace them freely) and the
       latest values of the scheduled ones (recomputed at every update).
     inner_state: the state of the wrapped optimizer.
+
+  Example:
+    >>> state = gx.inject_hyperparams(gx.sgd)(learning_rate=0.1).init(params)
+    >>> state.hyperparams
+    {'learning_rate': Array(0.1, dtype=float32)}
+
+  References:
+    Optax's `InjectHyperparamsState` (https://github.com/google-deepmind/optax).
   """
 
   count: jax.Array | None  # type: ignore[assignment]
@@ -63,14 +73,19 @@ class InjectHyperparamsState(NamedTuple):
     bare Python float stored in the dict would be weakly typed and retrace once).
 
     Example:
+      >>> state = gx.inject_hyperparams(gx.adam)(learning_rate=1e-3, b1=0.9).init(params)
       >>> state = state.with_hyperparams(learning_rate=1e-4, b1=0.95)
+      >>> state.hyperparams["b1"]
+      Array(0.95, dtype=float32)
     """
     hyperparams = dict(self.hyperparams)
     for name, value in values.items():
       if name not in hyperparams:
         raise KeyError(f"with_hyperparams: {name!r} is not an injected hyperparameter; the "
-                       f"state has {sorted(hyperparams)}. Pass it to inject_hyperparams(...) "
-                       "as a number (not a default you left out) to make it injectable.")
+                       f"state has {sorted(hyperparams)}. Only the arguments passed to "
+                       "inject_hyperparams(...)(...) as numbers are injectable (not defaults "
+                       "left out), and only for parameters the factory declares as "
+                       "hyperparameters (@gx.transform(hyperparams=...)).")
       old = hyperparams[name]
       new = jnp.asarray(value)
       if new.shape != jnp.shape(old):
@@ -80,35 +95,56 @@ class InjectHyperparamsState(NamedTuple):
     return self._replace(hyperparams=hyperparams)
 
 
-def _annotation(param: inspect.Parameter | None) -> Any:
-  """The parameter's annotation, or None when it has none (or it is `Any`)."""
-  if param is None or param.annotation is inspect.Parameter.empty:
-    return None
-  ann = param.annotation
-  if ann is Any or (isinstance(ann, str) and ann.strip() in ("Any", "typing.Any")):
-    return None
-  return ann
+# What may be injected. A factory decorated with `gx.transform(hyperparams=...)` declares its
+# numeric hyperparameters, and only those are injected (numbers) or evaluated (schedules). A
+# factory that declares nothing (Optax's, a plain function) is read from its parameters' type
+# annotations, Optax's convention: a parameter whose type is a number (or a union with a float
+# or an array type) takes a number; a union of a number and a callable (Optax's and gradxform's
+# `ScalarOrSchedule`) also takes a schedule; an unannotated (or `Any`) parameter takes both.
+Slot = tuple[bool, bool]   # (takes a number, takes a schedule)
+_ANYTHING: Slot = (True, True)
+_NOTHING: Slot = (False, False)
+_UNIONS = (typing.Union, types.UnionType)
+_NUMBER_TYPES = (float, complex, numbers.Real, numbers.Complex)
 
 
-def _allows_number(ann: Any) -> bool:
-  text = ann if isinstance(ann, str) else repr(ann)
-  return any(h in text for h in _NUMERIC_HINTS)
+def _declared(factory: Callable[..., Any]) -> tuple[str, ...] | None:
+  """The hyperparameters `factory` declares with `gx.transform`, or None if it declares none."""
+  target = factory.func if isinstance(factory, functools.partial) else factory
+  return getattr(target, HYPERPARAMS_ATTR, None)
 
 
-def _allows_schedule(ann: Any) -> bool:
-  """A schedule slot: annotated with a `...Schedule` alias (gradxform, Optax source), or a
-  resolved union of a number and a callable (Optax's `ScalarOrSchedule` once evaluated)."""
-  text = ann if isinstance(ann, str) else repr(ann)
-  if "Schedule" in text:
-    return True
-  if isinstance(ann, str):
-    return False
-  members = typing.get_args(ann) if typing.get_origin(ann) is typing.Union else (ann,)
-  has_callable = any(typing.get_origin(m) is collections.abc.Callable
-                     or m is collections.abc.Callable for m in members)
-  has_number = any(m is float or (isinstance(m, type) and issubclass(m, jax.Array))
-                   for m in members)
-  return has_callable and has_number
+def _slots(factory: Callable[..., Any], signature: inspect.Signature | None
+           ) -> Callable[[str], Slot]:
+  """`slot(name)`: whether the argument `name` of `factory` takes a number / a schedule."""
+  declared = _declared(factory)
+  if declared is not None:
+    return lambda name: _ANYTHING if name in declared else _NOTHING
+  if signature is None:
+    return lambda name: _ANYTHING
+  namespace = getattr(inspect.unwrap(factory), "__globals__", {})
+  table = {name: _annotated_slot(p.annotation, namespace)
+           for name, p in signature.parameters.items()}
+  return lambda name: table.get(name, _ANYTHING)
+
+
+def _annotated_slot(annotation: Any, namespace: dict[str, Any]) -> Slot:
+  """The slot a foreign factory's parameter annotation describes (see above)."""
+  if isinstance(annotation, str):             # `from __future__ import annotations`
+    try:
+      annotation = eval(annotation, dict(namespace))  # noqa: S307 - the factory's own annotation
+    except Exception:  # noqa: BLE001 - unresolvable: as if unannotated
+      return _ANYTHING
+  if annotation is inspect.Parameter.empty or annotation is Any:
+    return _ANYTHING
+  members = typing.get_args(annotation) if typing.get_origin(annotation) in _UNIONS else (
+      annotation,)
+  number = any(m in _NUMBER_TYPES or (isinstance(m, type) and issubclass(
+      m, (jax.Array, np.ndarray, np.number))) for m in members)
+  schedule = number and any(m is collections.abc.Callable
+                            or typing.get_origin(m) is collections.abc.Callable
+                            for m in members)
+  return number, schedule
 
 
 def _is_dtype(value: Any) -> bool:
@@ -132,22 +168,21 @@ def _is_numeric(value: Any) -> bool:
   return False
 
 
-def _kind(name: str, value: Any, param: inspect.Parameter | None, static_args: tuple) -> str:
+def _kind(name: str, value: Any, slot: Slot, static_args: tuple) -> str:
   """Whether an argument is injected as a number, evaluated as a schedule, or passed as is.
 
-  Numbers and numeric arrays are injected, and callables are evaluated as schedules, where the
-  factory's annotation of that parameter allows it (a float, an array or a schedule; no
-  annotation counts as allowing it). Everything else is static: flags, strings, dtypes, masks,
-  functions such as `decay_fn` (annotated as callables, not schedules), integers annotated
-  `int`, and any name listed in `static_args`.
+  A number or numeric array is injected, and a callable evaluated as a schedule, where the
+  parameter's slot takes one (see `_slots`). Everything else is static: None, flags, strings,
+  dtypes, masks, functions such as `decay_fn`, undeclared parameters, and any name listed in
+  `static_args`.
   """
   if name in static_args or value is None or isinstance(value, (bool, str, bytes)):
     return _STATIC
-  ann = _annotation(param)
+  takes_number, takes_schedule = slot
   if _is_numeric(value):
-    return _NUMBER if (ann is None or _allows_number(ann)) else _STATIC
+    return _NUMBER if takes_number else _STATIC
   if callable(value) and not _is_dtype(value):
-    return _SCHEDULE if (ann is None or _allows_schedule(ann)) else _STATIC
+    return _SCHEDULE if takes_schedule else _STATIC
   return _STATIC
 
 
@@ -167,13 +202,21 @@ def inject_hyperparams(factory: Callable[..., Any], *, static_args: tuple[str, .
   """Wraps an optimizer factory so its numeric hyperparameters live in the optimizer state.
 
   `inject_hyperparams(factory)(*args, **kwargs)` builds `factory(*args, **kwargs)`, except
-  that every argument given as a number or numeric array becomes an array in
+  that each hyperparameter given as a number or numeric array becomes an array in
   `state.hyperparams[name]` (float32 unless it is already a float array or `hyperparam_dtype`
-  says otherwise), and every argument given as a schedule is evaluated at each update with the
-  wrapper's step count (0 at the first update), its current value kept in
+  says otherwise), and each hyperparameter given as a schedule is evaluated at each update
+  with the wrapper's step count (0 at the first update), its current value kept in
   `state.hyperparams[name]` for logging. Other arguments (flags, masks, `decay_fn`, dtypes,
-  integers annotated `int`, names in `static_args`) are passed to `factory` unchanged.
-  Only arguments actually passed are injected; defaults stay Python constants.
+  integers such as `seed`, names in `static_args`) are passed to `factory` unchanged. Only
+  arguments actually passed are injected; defaults stay Python constants.
+
+  Which arguments are hyperparameters is what the factory declares: every gradxform factory
+  names its own with `@gx.transform(hyperparams=(...))` (`gx.adam`: `learning_rate`, `b1`,
+  `b2`, `eps`, `eps_root`), and so can yours; any of them may be given as a number or as a
+  schedule. A factory that declares nothing (an Optax one, a plain function) is read from its
+  parameters' type annotations, Optax's convention: a number type (or a union with a float or
+  an array type) takes a number, a union of a number and a callable (`ScalarOrSchedule`) also
+  a schedule, an unannotated parameter either.
 
   Replace a value between steps with `state.with_hyperparams(name=value)` (or
   `state._replace(hyperparams={...})` with arrays of the same dtype): the jitted step does not
@@ -184,7 +227,7 @@ def inject_hyperparams(factory: Callable[..., Any], *, static_args: tuple[str, .
   Args:
     factory: an optimizer or transform factory (any gradxform factory, or a foreign one
       returning an `(init, update)` pair).
-    static_args: names to pass statically even if numeric or callable.
+    static_args: names to pass statically even if they are hyperparameters.
     hyperparam_dtype: dtype of every injected hyperparameter (default float32, or a float
       array's own dtype).
 
@@ -198,8 +241,13 @@ def inject_hyperparams(factory: Callable[..., Any], *, static_args: tuple[str, .
     >>> tx = gx.inject_hyperparams(gx.adamw)(learning_rate=gx.cosine_decay_schedule(1e-3, 100),
     ...                                      weight_decay=1e-2)
     >>> state = tx.init(params)
-    >>> state.hyperparams["learning_rate"]                 # current value, for logging
+    >>> updates, state = tx.update(grads, state, params)
+    >>> state.hyperparams["learning_rate"]                 # the value this update used
+    Array(0.001, dtype=float32)
     >>> state = state.with_hyperparams(weight_decay=0.0)   # no recompilation
+
+  References:
+    Optax's `inject_hyperparams` (https://github.com/google-deepmind/optax).
   """
   where = "inject_hyperparams"
   if not callable(factory):
@@ -236,6 +284,8 @@ def inject_hyperparams(factory: Callable[..., Any], *, static_args: tuple[str, .
   build.__doc__ = getattr(factory, "__doc__", None)
   if signature is not None:
     build.__signature__ = signature  # type: ignore[attr-defined]
+  if _declared(factory) is not None:      # the wrapped factory declares the same names
+    setattr(build, HYPERPARAMS_ATTR, _declared(factory))
   return build
 
 
@@ -275,8 +325,8 @@ def _injected(factory: Callable[..., Any], arguments: tuple[tuple[str, Any], ...
     signature = inspect.signature(factory)
   except (TypeError, ValueError):
     signature = None
-  params = signature.parameters if signature is not None else {}
-  kinds = {name: _kind(name, value, params.get(name), static_args) for name, value in arguments}
+  slot = _slots(factory, signature)
+  kinds = {name: _kind(name, value, slot(name), static_args) for name, value in arguments}
   given = dict(arguments)
   dtypes = {n: _value_dtype(given[n], hyperparam_dtype) for n, k in kinds.items()
             if k != _STATIC}

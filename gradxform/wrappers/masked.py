@@ -25,16 +25,20 @@ class MaskedNode(NamedTuple):
   """Stands in for a leaf that a `masked` / `partition` inner transform does not own.
 
   It has no children: tree maps skip it and no state is stored for it.
+
+  Example:
+    >>> tx = gx.masked(gx.scale_by_momentum(0.9), {"w": True, "b": False})
+    >>> tx.init(params).inner_state.trace["b"]
+    MaskedNode()
+
+  References:
+    Optax's `MaskedNode` (https://github.com/google-deepmind/optax).
   """
 
 
 class MaskedState(NamedTuple):
   """State of `masked`."""
   inner_state: Any  # the inner transform's state over the masked view of params
-
-
-def is_masked_node(x: Any) -> bool:
-  return isinstance(x, MaskedNode)
 
 
 def _as_flag(where: str, path: str, m: Any) -> bool:
@@ -127,12 +131,18 @@ def masked(inner: GradientTransformation, mask: Mask | Callable[[Any], Any]
 
   Example:
     >>> not_bias = lambda p: {k: k != "b" for k in p}
-    >>> tx = gx.masked(gx.decoupled_weight_decay(1e-4), not_bias)
+    >>> tx = gx.masked(gx.decoupled_weight_decay(0.1), not_bias)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates["b"]                          # masked out: passed through unchanged
+    Array([0.5, 0.5], dtype=float32)
 
   Note: like Optax's `masked`, the pass-through leaves keep the *incoming* updates, so a
   masked `scale_by_learning_rate` leaves the others unscaled (they would be added to the
   parameters as raw gradients). To freeze leaves use `gx.partition` with `gx.set_to_zero()`
   for the frozen group, or mask the whole optimizer and zero the rest.
+
+  References:
+    Optax's `masked` (https://github.com/google-deepmind/optax).
   """
   where = "masked"
   inner = _as_transform(inner, f"{where}: inner")

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _tree
-from gradxform._base import (EmptyState, GradientTransformation, _as_transform, transform)
+from gradxform._base import GradientTransformation, _as_transform, transform
+from gradxform.transforms.stateless import stateless
 from gradxform.wrappers.masked import evaluate, inner_extra, merge, source_tree, view
 
 Labels = Any  # a tree (or prefix tree) of str labels like params, or a function params -> one
@@ -53,8 +54,14 @@ def partition(transforms: Mapping[str, GradientTransformation],
   no leaves still get a state, over an empty view).
 
   Example:
-    >>> labels = lambda p: {"encoder": "frozen", "head": "train"}
-    >>> tx = gx.partition({"train": gx.adam(1e-3), "frozen": gx.set_to_zero()}, labels)
+    >>> labels = {"w": "train", "b": "frozen"}
+    >>> tx = gx.partition({"train": gx.sgd(0.1), "frozen": gx.set_to_zero()}, labels)
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates["b"], updates["w"][0]
+    (Array([0., 0.], dtype=float32), Array([-0.05, -0.05], dtype=float32))
+
+  References:
+    Optax's `partition` (formerly `multi_transform`), https://github.com/google-deepmind/optax.
   """
   where = "partition"
   if not isinstance(transforms, Mapping) or not transforms:
@@ -100,15 +107,13 @@ def set_to_zero() -> GradientTransformation:
   """Replaces every update by zeros (in its dtype): the transform of a frozen group. No state.
 
   Example:
-    >>> tx = gx.partition({"train": gx.adam(1e-3), "frozen": gx.set_to_zero()}, labels)
+    >>> tx = gx.set_to_zero()
+    >>> tx.update(grads, tx.init(params))[0]["b"]
+    Array([0., 0.], dtype=float32)
+    >>> tx = gx.partition({"train": gx.adam(1e-3), "frozen": gx.set_to_zero()},
+    ...                   {"w": "train", "b": "frozen"})
+
+  References:
+    Optax's `set_to_zero` (https://github.com/google-deepmind/optax).
   """
-
-  def init(params):
-    del params
-    return EmptyState()
-
-  def update(updates, state, params=None, **extra):
-    del params, extra
-    return jax.tree.map(jnp.zeros_like, updates), state
-
-  return GradientTransformation(init, update)
+  return stateless(lambda updates, params: jax.tree.map(jnp.zeros_like, updates))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from gradxform import _check, _numerics
 from gradxform._base import GradientTransformation, transform
 
 _MISSING_VALUE = (
@@ -23,29 +23,20 @@ class ReduceOnPlateauState(NamedTuple):
     best_value: float32 scalar, the best loss so far (+inf at the start).
     plateau_count: int32 scalar, consecutive non-improving steps (torch's `num_bad_epochs`).
     cooldown_count: int32 scalar, steps of cooldown left (torch's `cooldown_counter`).
+
+  Example:
+    >>> gx.reduce_on_plateau().init(params)
+    ReduceOnPlateauState(scale=Array(1., dtype=float32), best_value=Array(inf, dtype=float32),
+      plateau_count=Array(0, dtype=int32), cooldown_count=Array(0, dtype=int32))
+
+  References:
+    torch's `ReduceLROnPlateau` attributes (`num_bad_epochs`, `cooldown_counter`); Optax's
+    `contrib.ReduceLROnPlateauState`.
   """
   scale: jax.Array
   best_value: jax.Array
   plateau_count: jax.Array
   cooldown_count: jax.Array
-
-
-def _check_real(where: str, name: str, value: Any, low: float, high: float | None = None,
-                open_high: bool = False) -> float:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{where}: {name} must be a number, got {value!r}")
-  value = float(value)
-  bad = not value >= low or (high is not None and (value >= high if open_high else value > high))
-  if bad:
-    bound = f"in [{low}, {high}{')' if open_high else ']'}" if high is not None else f">= {low}"
-    raise ValueError(f"{where}: {name} must be {bound}, got {value!r}")
-  return value
-
-
-def _check_int(where: str, name: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-    raise ValueError(f"{where}: {name} must be an integer >= 0, got {value!r}")
-  return int(value)
 
 
 @transform
@@ -81,20 +72,24 @@ def reduce_on_plateau(*, factor: float = 0.1, patience: int = 10, threshold: flo
   State: `ReduceOnPlateauState(scale, best_value, plateau_count, cooldown_count)`.
 
   Example:
-    >>> tx = gx.chain(gx.adam(1e-3), gx.reduce_on_plateau(factor=0.5, patience=5))
-    >>> updates, state = tx.update(grads, state, params, value=loss)
+    >>> tx = gx.chain(gx.sgd(0.1), gx.reduce_on_plateau(factor=0.5, patience=1))
+    >>> state = tx.init(params)
+    >>> for loss in [3.0, 2.0, 2.0, 2.0]:                  # improves, then plateaus
+    ...   updates, state = tx.update(grads, state, params, value=jnp.float32(loss))
+    >>> state[1].scale                                      # cut after 2 bad steps
+    Array(0.5, dtype=float32)
 
   References:
     PyTorch, `torch.optim.lr_scheduler.ReduceLROnPlateau`,
     https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.ReduceLROnPlateau.html
   """
   where = "reduce_on_plateau"
-  factor = _check_real(where, "factor", factor, 0.0, 1.0, open_high=True)
-  patience = _check_int(where, "patience", patience)
-  threshold = _check_real(where, "threshold", threshold, 0.0)
-  cooldown = _check_int(where, "cooldown", cooldown)
-  min_scale = _check_real(where, "min_scale", min_scale, 0.0, 1.0)
-  eps = _check_real(where, "eps", eps, 0.0)
+  factor = _check.real(where, "factor", factor, ge=0.0, lt=1.0)
+  patience = _check.integer(where, "patience", patience, minimum=0)
+  threshold = _check.real(where, "threshold", threshold, ge=0.0)
+  cooldown = _check.integer(where, "cooldown", cooldown, minimum=0)
+  min_scale = _check.real(where, "min_scale", min_scale, ge=0.0, le=1.0)
+  eps = _check.real(where, "eps", eps, ge=0.0)
 
   def init(params):
     del params
@@ -122,7 +117,7 @@ def reduce_on_plateau(*, factor: float = 0.1, patience: int = 10, threshold: flo
     scale = jnp.where(cut & (state.scale - reduced > eps), reduced, state.scale)
     cooldown_count = jnp.where(cut, cooldown, cooldown_count)
     bad = jnp.where(cut, 0, bad)
-    out = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
+    out = jax.tree.map(lambda u: _numerics.cast(scale * u, u.dtype), updates)
     return out, ReduceOnPlateauState(scale=scale.astype(jnp.float32), best_value=best,
                                      plateau_count=bad.astype(jnp.int32),
                                      cooldown_count=cooldown_count.astype(jnp.int32))

@@ -38,6 +38,15 @@ def tree_find(state: Any, name: str) -> dict[str, Any]:
   partition group, a named_chain part, a field); intermediate levels may be skipped.
   `None` values (a counter borrowed from the chain) are not reported. The search does not
   descend into a value once it matches.
+
+  Example:
+    >>> groups = gx.partition({"head": gx.sgd(0.1, 0.9), "body": gx.adam(1e-3)},
+    ...                       {"w": "head", "b": "body"})
+    >>> sorted(gx.tree_find(groups.init(params), "count"))
+    [".inner_states['body'][0].count", ".inner_states['head'][0].count"]
+
+  References:
+    Optax's `tree_utils.tree_get_all_with_path` (https://github.com/google-deepmind/optax).
   """
   if not isinstance(name, str) or not name:
     raise TypeError(f"tree_find: name must be a non-empty str, got {name!r}")
@@ -61,10 +70,18 @@ def tree_get(state: Any, name: str, default: Any = _MISSING) -> Any:
   """The one state value called `name` (see `tree_find`), for logging.
 
   Examples:
+    >>> tx = gx.apply_if_finite(gx.inject_hyperparams(gx.adam)(learning_rate=1e-3), 5)
+    >>> state = tx.init(params)
     >>> gx.tree_get(state, "count")                 # Adam's step counter, however wrapped
+    Array(0, dtype=int32)
     >>> gx.tree_get(state, "learning_rate")         # an injected hyperparameter
+    Array(0.001, dtype=float32)
     >>> gx.tree_get(state, "total_notfinite")       # apply_if_finite's skipped steps
-    >>> gx.tree_get(state, "head/count")            # a partition group's or named part's count
+    Array(0, dtype=int32)
+    >>> groups = gx.partition({"head": gx.sgd(0.1, 0.9), "body": gx.adam(1e-3)},
+    ...                       {"w": "head", "b": "body"})
+    >>> gx.tree_get(groups.init(params), "head/count")   # a partition group's count
+    Array(0, dtype=int32)
 
   Raises:
     KeyError: no value has that name (and no `default` was given); the message lists the
@@ -73,6 +90,9 @@ def tree_get(state: Any, name: str, default: Any = _MISSING) -> Any:
       compared); the message lists their paths, and a longer `a/b` name picks one. Several
       equal concrete arrays (e.g. the step counters of `inject_hyperparams` and of the
       optimizer inside it) are not ambiguous: the outermost is returned.
+
+  References:
+    Optax's `tree_utils.tree_get` (https://github.com/google-deepmind/optax).
   """
   found = tree_find(state, name)
   if len(found) == 1 or (len(found) > 1 and _all_equal(list(found.values()))):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import GradientTransformation, require_params, transform
-from gradxform._equality import Fn, factory_key
+from gradxform._equality import by_value
 from gradxform.wrappers.state_access import tree_get
 
 # ---------------------------------------------------------------------------------------------
@@ -31,6 +31,7 @@ class EarlyStopping(NamedTuple):
   update: Callable[[EarlyStoppingState, Any, Any], EarlyStoppingState]
 
 
+@by_value
 def early_stopping(patience: int, *, min_delta: float = 0.0, mode: str = "min") -> EarlyStopping:
   """Stops after `patience` evaluations without improvement and keeps the best parameters.
 
@@ -48,13 +49,19 @@ def early_stopping(patience: int, *, min_delta: float = 0.0, mode: str = "min") 
     `EarlyStopping(init, update)`; equal arguments give equal objects.
 
   Example:
-    >>> es = gx.early_stopping(patience=5)
+    >>> es = gx.early_stopping(patience=2)
     >>> es_state = es.init(params)
-    >>> es_state = es.update(es_state, val_loss, params)   # once per evaluation
-    >>> if es_state.should_stop: params = es_state.best_params
+    >>> for val_loss in [0.5, 0.4, 0.45, 0.41]:            # once per evaluation
+    ...   es_state = es.update(es_state, val_loss, params)
+    >>> bool(es_state.should_stop), round(float(es_state.best_value), 4)
+    (True, 0.4)
+    >>> params = es_state.best_params
+
+  References:
+    Prechelt, "Early stopping — but when?", Neural Networks: Tricks of the Trade, 1998.
   """
   where = "early_stopping"
-  patience = _check.positive_int(where, "patience", patience)
+  patience = _check.integer(where, "patience", patience, minimum=1)
   min_delta = _check.non_negative(where, "min_delta", min_delta)
   _check.one_of(where, "mode", mode, ("min", "max"))
   sign = 1.0 if mode == "min" else -1.0
@@ -80,8 +87,7 @@ def early_stopping(patience: int, *, min_delta: float = 0.0, mode: str = "min") 
                               should_stop=state.should_stop | (bad >= patience),
                               num_evals=_numerics.safe_increment(state.num_evals))
 
-  key = factory_key(early_stopping, (patience,), dict(min_delta=min_delta, mode=mode))
-  return EarlyStopping(Fn(init, key and key + ("init",)), Fn(update, key and key + ("update",)))
+  return EarlyStopping(init, update)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,20 +123,25 @@ def snapshot_ensemble(num_snapshots: int, first_period: int, *,
   State: `SnapshotState(num_updates, cycle_end, period, num_taken, snapshots)`.
 
   Example:
-    >>> lr = gx.sgdr_schedule(0.1, first_period=1000)
-    >>> tx = gx.chain(gx.sgd(lr, 0.9), gx.snapshot_ensemble(5, first_period=1000))
-    >>> preds = gx.ensemble_predict(model.apply, opt_state, x)
+    >>> lr = gx.sgdr_schedule(0.1, first_period=2)
+    >>> tx = gx.chain(gx.sgd(lr, 0.9), gx.snapshot_ensemble(5, first_period=2))
+    >>> state = tx.init(params)
+    >>> for _ in range(4):                                  # two cycles: two snapshots
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = gx.apply_updates(params, updates)
+    >>> int(gx.tree_get(state, "num_taken"))
+    2
+    >>> gx.ensemble_predict(lambda p, x: x @ p["w"] + p["b"], state, jnp.ones((3, 2))).shape
+    (3, 2)
 
   References:
     Huang et al., "Snapshot ensembles: train 1, get M for free", ICLR 2017.
     Loshchilov & Hutter, "SGDR: stochastic gradient descent with warm restarts", ICLR 2017.
   """
   where = "snapshot_ensemble"
-  n = _check.positive_int(where, "num_snapshots", num_snapshots)
-  first = _check.positive_int(where, "first_period", first_period)
-  mult = _check.positive(where, "period_mult", period_mult)
-  if not isinstance(mult, float) or mult < 1.0:
-    raise ValueError(f"{where}: period_mult must be a number >= 1, got {period_mult!r}")
+  n = _check.integer(where, "num_snapshots", num_snapshots, minimum=1)
+  first = _check.integer(where, "first_period", first_period, minimum=1)
+  mult = _check.real(where, "period_mult", period_mult, ge=1.0)
 
   def init(params):
     snaps = jax.tree.map(lambda p: jnp.zeros((n,) + jnp.shape(p), jnp.result_type(p)), params)
@@ -148,7 +159,7 @@ def snapshot_ensemble(num_snapshots: int, first_period: int, *,
     slot = state.num_taken % n
 
     def leaf(buf, p, u):
-      new = (p + u).astype(buf.dtype)
+      new = _numerics.cast(p + u, buf.dtype)
       buf = jnp.asarray(buf)  # a restored checkpoint may hold NumPy arrays
       return jnp.where(take, buf.at[slot].set(new), buf)
 
@@ -171,6 +182,17 @@ def ensemble_predict(apply_fn: Callable[..., Any], state: Any, *inputs: Any) -> 
   `state` is the `snapshot_ensemble` state or any optimizer state that contains one. Only the
   `min(num_taken, n)` filled slots count; before the first snapshot the result is NaN.
   Jit-friendly (the snapshots are evaluated with `jax.vmap`).
+
+  Example:
+    >>> tx = gx.snapshot_ensemble(2, first_period=1)    # a snapshot after every update
+    >>> state = tx.init({"w": jnp.array(0.0)})
+    >>> for w in (1.0, 3.0):                            # snapshots θ = 1, then θ = 3
+    ...   _, state = tx.update({"w": jnp.array(0.0)}, state, {"w": jnp.array(w)})
+    >>> gx.ensemble_predict(lambda p, x: p["w"] * x, state, 2.0)   # the mean of 2 and 6
+    Array(4., dtype=float32)
+
+  References:
+    Huang et al., "Snapshot ensembles: train 1, get M for free", ICLR 2017.
   """
   snaps = tree_get(state, "snapshots")
   taken = tree_get(state, "num_taken")
