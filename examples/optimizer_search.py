@@ -1,6 +1,6 @@
 """Search for update rules with regularized evolution, next to random search and tuned baselines.
 
-Every candidate rule `Δθ = −η · b(u1(o1), u2(f(t)·o2))` (see `gradxform.search.dsl`) trains
+Every candidate rule `Δθ = −η · b(u1(o1), u2(f(t)·o2))` (see `gradxform.search._dsl`) trains
 three small tasks (logistic regression, 2-D Rosenbrock, a digits MLP) at each learning rate of
 a grid, all candidates of a generation in one vmapped program; its fitness is the mean log10
 of the final suboptimality relative to the start (lower is better). Adam and SGD with
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
   import gradxform as gx
   from gradxform import search
-  from gradxform.optimizers.adam import adam_direction
+  from gradxform._optimizers.adam import adam_direction
 
   if args.benchmark:
     return {"benchmark": _benchmark(search, args.quick)}

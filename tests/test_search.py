@@ -18,12 +18,13 @@ import reference
 
 import gradxform as gx
 from gradxform import search
-from gradxform.search.dsl import _sign_decays
+from gradxform.search import _dsl as dsl
+from gradxform.search._dsl import _sign_decays
 
 STEPS = 50
 K = search.KNOWN
-_UNARY = [name for name, _ in search.dsl.UNARY]
-_BINARY = [name for name, _ in search.dsl.BINARY]
+_UNARY = [name for name, _ in dsl.UNARY]
+_BINARY = [name for name, _ in dsl.BINARY]
 
 
 def _f64(task):
@@ -46,7 +47,7 @@ def _random_bits(rules):
   """Rules that read the noise operand or drop: their random bits depend on the float dtype."""
   rules = np.asarray(rules)
   uses_u2 = rules[:, 4] != _BINARY.index("left")
-  noise, drop = search.dsl.OPERANDS.index("noise"), _UNARY.index("drop")
+  noise, drop = dsl.OPERANDS.index("noise"), _UNARY.index("drop")
   return ((rules[:, 0] == noise) | (rules[:, 1] == drop)
           | (uses_u2 & ((rules[:, 2] == noise) | (rules[:, 3] == drop))))
 
@@ -167,7 +168,7 @@ def test_power_matches_numpy_pow(x64):
                   np.float32)
   x, y = (a.ravel().astype(np.float64 if x64 else np.float32) for a in np.meshgrid(bases, exps))
   with jax.enable_x64(x64):
-    got = np.asarray(jax.jit(search.dsl.power)(jnp.asarray(x), jnp.asarray(y)))
+    got = np.asarray(jax.jit(dsl.power)(jnp.asarray(x), jnp.asarray(y)))
   assert got.dtype == x.dtype
   with np.errstate(all="ignore"):
     want = np.power(x.astype(np.float64), y.astype(np.float64))
@@ -348,7 +349,7 @@ def test_power_gating_changes_nothing():
   # ungated programs are compiled differently (FMA contraction may differ), which in float32
   # could move a chaotic rule; here that stays at ~1e-16 (the float32 outputs of
   # `Evaluator.population` are compared to ≤ 2 ulps).
-  from gradxform.search import slots
+  from gradxform.search import _slots as slots
   with jax.enable_x64(True):
     task = _f64(search.rosenbrock(2, steps=SHORT))
     ev = search.Evaluator(task, LRS, buckets=4)
@@ -396,7 +397,7 @@ def test_population_slots_train_like_float64_references(name):
   # The population's slot state (per-candidate EMAs, Adam's moments) against the float64 NumPy
   # reference of each known rule (tests/reference.py), over 50 steps on Rosenbrock at three
   # learning rates, in float64; both layouts. Observed: ≤ 6e-8 (the float32 output rounding).
-  from gradxform.search import slots
+  from gradxform.search import _slots as slots
   with jax.enable_x64(True):
     task = _f64(search.rosenbrock(2, steps=STEPS))
     ev = search.Evaluator(task, (3e-4, 1e-3, 3e-3))
@@ -448,7 +449,7 @@ def test_mutation_changes_exactly_one_used_index():
     rule = search.random_rule(rng)
     child = search.mutate(rule, rng)
     assert sum(a != b for a, b in zip(rule, child)) >= 1
-    if rule.binary != search.dsl.LEFT and child.binary != search.dsl.LEFT:
+    if rule.binary != dsl.LEFT and child.binary != dsl.LEFT:
       assert sum(a != b for a, b in zip(rule, child)) == 1
 
 

@@ -1,14 +1,17 @@
-"""Data-parallel and multi-process training: transforms over a named axis, sharded state."""
+"""Data-parallel placement helpers: shardings, replication, batch sharding, state sizes.
 
-from gradxform.parallel.easgd import ElasticState, elastic_averaging
-from gradxform.parallel.local_sgd import PeriodicAverageState, periodic_average
-from gradxform.parallel.replica import cross_replica_mean
-from gradxform.parallel.sharding import replicate, shard_batch, shardings, specs
-from gradxform.parallel.stale import StaleState, stale_gradients
-from gradxform.parallel.zero import state_bytes_per_device, zero1, zero1_shardings, zero1_spec
+The data-parallel *transforms* (`cross_replica_mean`, `zero1`, `zero1_shardings`,
+`elastic_averaging`, `periodic_average`, `stale_gradients`) are `gx.X`; this module holds the
+helpers that place arrays on a mesh, and the states of the parallel transforms.
+"""
+
+from gradxform._parallel.easgd import ElasticState
+from gradxform._parallel.local_sgd import PeriodicAverageState
+from gradxform._parallel.sharding import replicate, shard_batch, shardings, specs
+from gradxform._parallel.stale import StaleState
+from gradxform._parallel.zero import state_bytes_per_device, zero1_spec
 
 __all__ = [
-    "ElasticState", "PeriodicAverageState", "StaleState", "cross_replica_mean",
-    "elastic_averaging", "periodic_average", "replicate", "shard_batch", "shardings", "specs",
-    "stale_gradients", "state_bytes_per_device", "zero1", "zero1_shardings", "zero1_spec",
+    "ElasticState", "PeriodicAverageState", "StaleState", "replicate", "shard_batch",
+    "shardings", "specs", "state_bytes_per_device", "zero1_spec",
 ]

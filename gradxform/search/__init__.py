@@ -16,36 +16,36 @@ Modules: `dsl` (the rule language), `tasks` (training problems), `population` (v
 scoring), `strategies` (random search, regularized evolution).
 """
 
-from gradxform.search.dsl import BINARY
-from gradxform.search.dsl import DECAYS
-from gradxform.search.dsl import FIELDS
-from gradxform.search.dsl import KNOWN
-from gradxform.search.dsl import OPERANDS
-from gradxform.search.dsl import UNARY
-from gradxform.search.dsl import Rule
-from gradxform.search.dsl import RuleState
-from gradxform.search.dsl import rule_optimizer
-from gradxform.search.dsl import rule_transform
-from gradxform.search.dsl import scale_by_rule
-from gradxform.search.dsl import validate
-from gradxform.search.population import DEFAULT_LEARNING_RATES
-from gradxform.search.population import Evaluator
-from gradxform.search.population import Objective
-from gradxform.search.population import benchmark
-from gradxform.search.population import train_optimizer
-from gradxform.search.population import train_rule
-from gradxform.search.strategies import SearchResult
-from gradxform.search.strategies import mutate
-from gradxform.search.strategies import random_rule
-from gradxform.search.strategies import random_search
-from gradxform.search.strategies import ranked_table
-from gradxform.search.strategies import regularized_evolution
-from gradxform.search.tasks import Task
-from gradxform.search.tasks import default_tasks
-from gradxform.search.tasks import held_out_tasks
-from gradxform.search.tasks import logistic_regression
-from gradxform.search.tasks import mlp_digits
-from gradxform.search.tasks import rosenbrock
+from gradxform.search._dsl import BINARY
+from gradxform.search._dsl import DECAYS
+from gradxform.search._dsl import FIELDS
+from gradxform.search._dsl import KNOWN
+from gradxform.search._dsl import OPERANDS
+from gradxform.search._dsl import UNARY
+from gradxform.search._dsl import Rule
+from gradxform.search._dsl import RuleState
+from gradxform.search._dsl import rule_optimizer
+from gradxform.search._dsl import rule_transform
+from gradxform.search._dsl import scale_by_rule
+from gradxform.search._dsl import validate
+from gradxform.search._population import DEFAULT_LEARNING_RATES
+from gradxform.search._population import Evaluator
+from gradxform.search._population import Objective
+from gradxform.search._population import benchmark
+from gradxform.search._population import train_optimizer
+from gradxform.search._population import train_rule
+from gradxform.search._strategies import SearchResult
+from gradxform.search._strategies import mutate
+from gradxform.search._strategies import random_rule
+from gradxform.search._strategies import random_search
+from gradxform.search._strategies import ranked_table
+from gradxform.search._strategies import regularized_evolution
+from gradxform.search._tasks import Task
+from gradxform.search._tasks import default_tasks
+from gradxform.search._tasks import held_out_tasks
+from gradxform.search._tasks import logistic_regression
+from gradxform.search._tasks import mlp_digits
+from gradxform.search._tasks import rosenbrock
 
 __all__ = sorted(name for name in dir() if not name.startswith("_") and name not in {
     "dsl", "population", "strategies", "tasks"})

@@ -17,7 +17,7 @@ import numpy as np
 from gradxform import _check
 from gradxform._base import Schedule
 from gradxform._equality import by_value
-from gradxform.schedules import _common as c
+from gradxform._schedules import _common as c
 
 
 @by_value

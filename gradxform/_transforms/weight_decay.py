@@ -9,7 +9,7 @@ import jax
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, next_count,
                              require_params, step_count, transform, trees_checked)
-from gradxform.wrappers.masked import Mask, resolve_flags
+from gradxform._wrappers.masked import Mask, resolve_flags
 
 
 

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform._base import GradientTransformation
-from gradxform.search import slots
-from gradxform.search.dsl import FIELDS, Rule, rule_transform, validate
-from gradxform.search.tasks import Task
+from gradxform.search import _slots as slots
+from gradxform.search._dsl import FIELDS, Rule, rule_transform, validate
+from gradxform.search._tasks import Task
 
 #: Learning rates swept for every rule and baseline (half decades, 1e-4 ... 3.16).
 DEFAULT_LEARNING_RATES: tuple[float, ...] = tuple(float(10.0 ** (k / 2)) for k in range(-8, 2))

@@ -6,11 +6,11 @@ from typing import Any
 
 from gradxform import _check
 from gradxform._base import GradientTransformation, ScalarOrSchedule, chain, transform
-from gradxform.optimizers.sgd import is_zero
-from gradxform.transforms.accumulators import scale_by_adadelta, scale_by_adagrad
-from gradxform.transforms.momentum import scale_by_momentum
-from gradxform.transforms.rms import scale_by_rms
-from gradxform.transforms.scale import scale_by_learning_rate
+from gradxform._optimizers.sgd import is_zero
+from gradxform._transforms.accumulators import scale_by_adadelta, scale_by_adagrad
+from gradxform._transforms.momentum import scale_by_momentum
+from gradxform._transforms.rms import scale_by_rms
+from gradxform._transforms.scale import scale_by_learning_rate
 
 
 @transform(hyperparams=("learning_rate", "initial_accumulator_value", "eps"))

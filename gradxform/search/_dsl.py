@@ -53,13 +53,13 @@ import numpy as np
 
 from gradxform import _numerics, _tree
 from gradxform._base import GradientTransformation, ScalarOrSchedule, chain, transform
-from gradxform.optimizers.adam import adam_direction
-from gradxform.schedules.sign_decay import (cosine_sign_decay, linear_sign_decay,
+from gradxform._optimizers.adam import adam_direction
+from gradxform._schedules.sign_decay import (cosine_sign_decay, linear_sign_decay,
                                             restart_sign_decay)
-from gradxform.transforms.momentum import scale_by_momentum
-from gradxform.transforms.noise import add_gradient_noise, noise_key
-from gradxform.transforms.rms import scale_by_rms
-from gradxform.transforms.scale import scale_by_learning_rate
+from gradxform._transforms.momentum import scale_by_momentum
+from gradxform._transforms.noise import add_gradient_noise, noise_key
+from gradxform._transforms.rms import scale_by_rms
+from gradxform._transforms.scale import scale_by_learning_rate
 
 # ---------------------------------------------------------------------------------------------
 # The tables: the one definition of every operand and function, read by the rule transform

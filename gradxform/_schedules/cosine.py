@@ -11,7 +11,7 @@ import numpy as np
 from gradxform import _check
 from gradxform._base import Schedule
 from gradxform._equality import by_value
-from gradxform.schedules import _common as c
+from gradxform._schedules import _common as c
 
 #: Most restarts `sgdr_schedule` tabulates (a period_mult very close to 1 needs many).
 MAX_RESTARTS = 1 << 17

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from gradxform import _tree
 from gradxform._base import GradientTransformation, _as_transform, transform
-from gradxform.transforms.stateless import stateless
-from gradxform.wrappers.masked import evaluate, inner_extra, merge, source_tree, view
+from gradxform._transforms.stateless import stateless
+from gradxform._wrappers.masked import evaluate, inner_extra, merge, source_tree, view
 
 Labels = Any  # a tree (or prefix tree) of str labels like params, or a function params -> one
 

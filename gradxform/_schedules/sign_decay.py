@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from gradxform import _check
 from gradxform._base import Schedule
 from gradxform._equality import by_value
-from gradxform.schedules import _common as c
+from gradxform._schedules import _common as c
 
 def _zero_after(where: str, value: Any) -> float | None:
   return None if value is None else _check.real(where, "zero_after", value, ge=0.0)

@@ -10,7 +10,7 @@ import numpy as np
 
 from gradxform import _tree
 from gradxform._base import GradientTransformation, _as_transform, transform
-from gradxform.wrappers.masked import inner_extra
+from gradxform._wrappers.masked import inner_extra
 
 
 def _key(dtype: Any) -> str:

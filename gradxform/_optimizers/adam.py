@@ -6,14 +6,14 @@ from typing import Any
 
 from gradxform import _check
 from gradxform._base import GradientTransformation, ScalarOrSchedule, chain, transform
-from gradxform.transforms.accumulators import scale_by_inf_norm
-from gradxform.transforms.bias import bias_correction
-from gradxform.transforms.momentum import scale_by_momentum
-from gradxform.transforms.nadam import scale_by_nadam_momentum
-from gradxform.transforms.rectify import scale_by_rectification
-from gradxform.transforms.rms import scale_by_amsgrad, scale_by_rms
-from gradxform.transforms.scale import scale_by_learning_rate
-from gradxform.transforms.weight_decay import Mask, decoupled_weight_decay
+from gradxform._transforms.accumulators import scale_by_inf_norm
+from gradxform._transforms.bias import bias_correction
+from gradxform._transforms.momentum import scale_by_momentum
+from gradxform._transforms.nadam import scale_by_nadam_momentum
+from gradxform._transforms.rectify import scale_by_rectification
+from gradxform._transforms.rms import scale_by_amsgrad, scale_by_rms
+from gradxform._transforms.scale import scale_by_learning_rate
+from gradxform._transforms.weight_decay import Mask, decoupled_weight_decay
 
 
 def _betas(where: str, b1: Any, b2: Any, eps: Any) -> None:
@@ -169,7 +169,7 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   References:
     Reddi, Kale & Kumar, "On the convergence of Adam and beyond", ICLR 2018.
   """
-  from gradxform.transforms.bias import bias_correction as correct  # the flag shadows it
+  from gradxform._transforms.bias import bias_correction as correct  # the flag shadows it
   _check.learning_rate("amsgrad", learning_rate)
   _betas("amsgrad", b1, b2, eps)
   parts = [scale_by_momentum(b1, ema=True, state_dtype=state_dtype)]

@@ -8,8 +8,8 @@ from typing import Any
 from gradxform import _check
 from gradxform._base import (GradientTransformation, Schedule, ScalarOrSchedule, chain,
                              transform)
-from gradxform.transforms.scale import scale_by_learning_rate
-from gradxform.transforms.sign import sign_agreement
+from gradxform._transforms.scale import scale_by_learning_rate
+from gradxform._transforms.sign import sign_agreement
 
 
 @transform(hyperparams=("learning_rate", "base", "beta"))

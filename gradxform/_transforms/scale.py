@@ -10,7 +10,7 @@ from gradxform import _check, _numerics
 from gradxform._base import (GradientTransformation, ScalarOrSchedule, next_count, step_count,
                              transform)
 from gradxform._numerics import zero_count
-from gradxform.transforms.stateless import stateless
+from gradxform._transforms.stateless import stateless
 
 
 class ScheduleState(NamedTuple):

@@ -51,10 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform import _numerics
-from gradxform.search.dsl import (_DROP_KEEP, _NOISE_VARIANCE, ADAM_B1, ADAM_B2, ADAM_EPS,
+from gradxform.search._dsl import (_DROP_KEEP, _NOISE_VARIANCE, ADAM_B1, ADAM_B2, ADAM_EPS,
                                   BINARY_OPS, LEFT, OPERAND_KINDS, OPERAND_TABLE, RMS_EPS,
                                   UNARY_OPS, _sign_decays)
-from gradxform.transforms.noise import add_gradient_noise, noise_key
+from gradxform._transforms.noise import add_gradient_noise, noise_key
 
 
 def _operand_table() -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import jax
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import GradientTransformation, require_params, transform, trees_checked
-from gradxform.wrappers.state_access import tree_get
+from gradxform._wrappers.state_access import tree_get
 
 
 class ParamAverageState(NamedTuple):

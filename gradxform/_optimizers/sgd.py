@@ -6,10 +6,10 @@ from typing import Any
 
 from gradxform import _check
 from gradxform._base import GradientTransformation, ScalarOrSchedule, chain, transform
-from gradxform.transforms.momentum import scale_by_momentum
-from gradxform.transforms.noise import add_gradient_noise
-from gradxform.transforms.scale import scale_by_learning_rate
-from gradxform.transforms.weight_decay import Mask, add_l2_penalty, decoupled_weight_decay
+from gradxform._transforms.momentum import scale_by_momentum
+from gradxform._transforms.noise import add_gradient_noise
+from gradxform._transforms.scale import scale_by_learning_rate
+from gradxform._transforms.weight_decay import Mask, add_l2_penalty, decoupled_weight_decay
 
 
 def is_zero(value: Any) -> bool:

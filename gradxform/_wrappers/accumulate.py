@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (_as_transform, GRAD_KEY, GradientTransformation, transform,
                              trees_checked)
-from gradxform.wrappers.masked import inner_extra
+from gradxform._wrappers.masked import inner_extra
 
 EveryK = Union[int, Callable[[jax.Array], Any]]
 

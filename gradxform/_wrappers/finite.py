@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics
 from gradxform._base import GradientTransformation, _as_transform, transform
-from gradxform.wrappers.masked import inner_extra
+from gradxform._wrappers.masked import inner_extra
 
 
 class ApplyIfFiniteState(NamedTuple):

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from gradxform import _check
-from gradxform.search.dsl import LEFT, SIZES, Rule
+from gradxform.search._dsl import LEFT, SIZES, Rule
 
 Fitness = Callable[[Sequence[Rule]], np.ndarray]
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics
 from gradxform._base import GradientTransformation, transform
-from gradxform.transforms.stateless import stateless
+from gradxform._transforms.stateless import stateless
 
 
 def global_norm(updates) -> jax.Array:

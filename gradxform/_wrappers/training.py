@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from gradxform import _check, _numerics, _tree
 from gradxform._base import GradientTransformation, require_params, transform
 from gradxform._equality import by_value
-from gradxform.wrappers.state_access import tree_get
+from gradxform._wrappers.state_access import tree_get
 
 # ---------------------------------------------------------------------------------------------
 # Early stopping.
