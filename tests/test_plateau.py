@@ -5,9 +5,7 @@ cases."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,20 +14,7 @@ import pytest
 
 import gradxform as gx
 
-DATA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
-                         "torch_schedules.json")
-MISSING = "<tests/data/torch_schedules.json is missing>"
-
-
-def _load_torch_data():
-  try:
-    with open(DATA_PATH) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-
-
-TORCH = _load_torch_data()
+from torch_data import DATA_PATH, MISSING, TORCH
 
 
 def torch_case(name):

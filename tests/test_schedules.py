@@ -5,7 +5,6 @@ values."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -16,6 +15,7 @@ import pytest
 
 import gradxform as gx
 import reference as R
+from torch_data import DATA_PATH, MISSING, TORCH
 
 STEPS = np.arange(0, 400)
 
@@ -146,20 +146,6 @@ def test_join_schedules_optax_semantics():
 # here). Each case names the torch scheduler and its arguments; `from_torch` builds the
 # gradxform schedule documented as equal to it.
 
-DATA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
-                         "torch_schedules.json")
-MISSING = "<tests/data/torch_schedules.json is missing>"
-
-
-def _load_torch_data():
-  try:
-    with open(DATA_PATH) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-
-
-TORCH = _load_torch_data()
 TORCH_NAMES = sorted(TORCH["schedules"]) if TORCH else [MISSING]
 
 
