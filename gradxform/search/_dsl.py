@@ -44,7 +44,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -280,30 +279,11 @@ def validate(vector: Any) -> tuple[int, ...]:
 # Decay functions f(t).
 
 
-def _sign_decays(decay_steps: int, *,
-                 library: bool = True) -> list[Callable[[jax.Array], jax.Array]]:
-  """f(t) for each entry of `DECAYS`: the library's schedules, or with `library=False`
-  docs/ALGORITHMS.md's formulas written out here (the tests check one against the other)."""
-  if library:
-    return [lambda t: 1.0, linear_sign_decay(decay_steps),
-            cosine_sign_decay(decay_steps, num_periods=0.5),
-            restart_sign_decay(decay_steps, num_periods=_RESTART_PERIODS)]
-  big_t = float(decay_steps)
-
-  def frac(t):
-    return jnp.minimum(jnp.asarray(t, _numerics.scalar_dtype()), big_t)
-
-  def linear(t):
-    return jnp.maximum(0.0, (big_t - frac(t)) / big_t)
-
-  def cosine(t):
-    return 0.5 * (1.0 + jnp.cos(math.pi * frac(t) / big_t))
-
-  def restart(t):
-    phase = jnp.mod(_RESTART_PERIODS * frac(t), big_t) / big_t
-    return 0.5 * (1.0 + jnp.cos(math.pi * phase))
-
-  return [lambda t: 1.0, linear, cosine, restart]
+def _sign_decays(decay_steps: int) -> list[Callable[[jax.Array], jax.Array]]:
+  """f(t) for each entry of `DECAYS`: the library's sign-decay schedules."""
+  return [lambda t: 1.0, linear_sign_decay(decay_steps),
+          cosine_sign_decay(decay_steps, num_periods=0.5),
+          restart_sign_decay(decay_steps, num_periods=_RESTART_PERIODS)]
 
 
 # ---------------------------------------------------------------------------------------------
