@@ -68,6 +68,14 @@ def positive(where: str, name: str, value: Any) -> Any:
   return value
 
 
+def non_zero(where: str, name: str, value: Any) -> Any:
+  """A finite `value != 0` (a factor that is divided by, of either sign)."""
+  value = _number(where, name, value)
+  if _concrete(value) and not (math.isfinite(value) and value != 0.0):
+    raise ValueError(f"{where}: {name} must be a finite non-zero number, got {value!r}")
+  return value
+
+
 def unit_interval(where: str, name: str, value: Any, *, closed: bool = False) -> Any:
   """`0 <= value < 1` (`<= 1` when `closed`): a decay, a momentum, a dampening."""
   value = _number(where, name, value)

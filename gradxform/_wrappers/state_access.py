@@ -107,6 +107,83 @@ def tree_get(state: Any, name: str, default: Any = _MISSING) -> Any:
                    f"'<group or part name>/{name.split('/')[-1]}', or tree_find for all.")
 
 
+def tree_set(state: Any, /, **values: Any) -> Any:
+  """A copy of `state` with every value called `name` (see `tree_find`) replaced, for each
+  `name=value` given.
+
+  Optax's `tree_utils.tree_set` has the same purpose; it is a function on state trees, not a
+  transform. A `/`-separated name is passed as `**{"head/count": 0}`. Every match is replaced
+  (both counters of `inject_hyperparams(adam)` for `count`); a borrowed counter (`None`) is
+  not a match. An array replaced by a number or an array keeps its dtype and must keep its
+  shape (a scalar is broadcast), so the state stays the layout `update` expects; a subtree
+  (a moment tree, a part's whole state) given a scalar has every array in it set to that
+  scalar, and given anything else is replaced as given. Names match NamedTuple fields and str dict
+  keys, not class names (Optax also matches a NamedTuple's class name).
+
+  Example:
+    >>> tx = gx.inject_hyperparams(gx.adam)(learning_rate=1e-3)
+    >>> state = gx.tree_set(tx.init(params), learning_rate=3e-4)
+    >>> gx.tree_get(state, "learning_rate")
+    Array(0.0003, dtype=float32)
+
+  Raises:
+    KeyError: some name matches no value; the message lists the names that do exist.
+    ValueError: a replacement array's shape differs from the value it replaces.
+
+  References:
+    Optax's `tree_utils.tree_set` (https://github.com/google-deepmind/optax).
+  """
+  wanted = {}
+  for name in values:
+    if not name.strip("/"):
+      raise TypeError(f"tree_set: names must be non-empty, got {name!r}")
+    if not tree_find(state, name):
+      raise KeyError(f"tree_set: no state value called {name!r}. Names in this state: "
+                     f"{sorted(state_names(state))}.")
+    wanted[name] = name.strip("/").split("/")
+
+  def replacement(names: list[str | None], old: Any, path: str) -> Any:
+    for name, parts in wanted.items():
+      if names[-1] == parts[-1] and _matches(names, parts):
+        return _like(values[name], old, path + f" ({name!r})")
+    return _MISSING
+
+  def rebuild(node: Any, names: list[str | None], path: str) -> Any:
+    children = _children(node)
+    if not children:
+      return node
+    new = []
+    for child_name, piece, child in children:
+      child_names = names + [child_name]
+      value = _MISSING if child is None else replacement(child_names, child, path + piece)
+      new.append(rebuild(child, child_names, path + piece) if value is _MISSING else value)
+    if isinstance(node, dict):
+      return type(node)(zip(node.keys(), new))
+    if getattr(type(node), "_fields", None) is not None:
+      return type(node)(*new)
+    return type(node)(new)
+
+  return rebuild(state, [], "")
+
+
+def _like(value: Any, old: Any, where: str) -> Any:
+  """`value` in `old`'s dtype and shape when `old` is an array; as given otherwise."""
+  import jax
+  import jax.numpy as jnp
+  shape, dtype = getattr(old, "shape", None), getattr(old, "dtype", None)
+  if shape is None or dtype is None:
+    if isinstance(value, (int, float)) or getattr(value, "shape", None) == ():
+      return jax.tree.map(lambda leaf: _like(value, leaf, where), old)
+    return value
+  new = jnp.asarray(value, dtype=dtype)
+  if new.shape != tuple(shape):
+    if new.ndim != 0:
+      raise ValueError(f"tree_set: the value for {where} has shape {new.shape}; the value it "
+                       f"replaces has shape {tuple(shape)}.")
+    new = jnp.broadcast_to(new, shape)
+  return new
+
+
 def _all_equal(values: list[Any]) -> bool:
   """True when every value is the same concrete array (no tracers, same shape/dtype/value)."""
   import jax
