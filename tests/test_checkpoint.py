@@ -50,6 +50,13 @@ OPTIMIZERS = {
     "radam": (lambda: gx.radam(0.1), False),
     "powersign": (lambda: gx.powersign(0.1), False),
     "addsign": (lambda: gx.addsign(0.1), False),
+    "lion": (lambda: gx.lion(0.1), True),
+    "sign_sgd": (lambda: gx.sign_sgd(0.1), False),
+    "signum": (lambda: gx.signum(0.1), False),
+    "adabelief": (lambda: gx.adabelief(0.1), False),
+    "yogi": (lambda: gx.yogi(0.1), False),
+    "adamaxw": (lambda: gx.adamaxw(0.1), True),
+    "nadamw": (lambda: gx.nadamw(0.1), True),
     "injected_adam": (lambda: _inject(gx.adam, learning_rate=0.1, b1=0.8), False),
     "injected_sgd_schedule": (lambda: _inject(gx.sgd, learning_rate=gx.linear_schedule(
         0.1, 0.01, 5), momentum=0.9), False),

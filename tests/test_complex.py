@@ -159,3 +159,24 @@ def test_complex_primitive_alone_and_in_wrappers():
   np.testing.assert_allclose(np.asarray(got_masked["z"]), adam_ref["z"], rtol=1e-11)
   np.testing.assert_allclose(np.asarray(got_masked["w"]), params["w"] + grads["w"].sum(0),
                              rtol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["lion", "adabelief", "yogi", "adamaxw", "nadamw"])
+def test_modern_optimizers_on_complex_equal_optax_on_the_real_view(name):
+  """Optax run on NumPy's real view of the tree (torch's convention, built here) is the oracle
+  for gradxform run on the complex tree."""
+  import optax
+  params, grads = _problem()
+  p_real, g_real = _real_view(params), _real_view(grads)
+  ours, theirs = getattr(gx, name)(0.01), getattr(optax, name)(0.01)
+  with jax.enable_x64(True):
+    got = run_gx(ours, jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, grads))
+    p = jax.tree.map(jnp.asarray, p_real)
+    state = theirs.init(p)
+    for i in range(STEPS):
+      u, state = theirs.update(jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), g_real), state, p)
+      p = optax.apply_updates(p, u)
+  expected = jax.tree.map(
+      lambda o, z: np.asarray(o)[..., 0] + 1j * np.asarray(o)[..., 1] if np.iscomplexobj(z)
+      else np.asarray(o), p, params)
+  chex.assert_trees_all_close(jax.tree.map(np.asarray, got), expected, rtol=1e-10, atol=1e-12)
