@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference as R
+from test_algorithms import run_gx
 
 import gradxform as gx
 
@@ -45,18 +46,6 @@ def _reference(ref, params, grads):
   return jax.tree.map(
       lambda o, p: o[..., 0] + 1j * o[..., 1] if np.iscomplexobj(p) else o, out, params)
 
-
-def _run(tx, params, grads):
-  def body(carry, g):
-    p, s = carry
-    u, s = tx.update(g, s, p)
-    return (gx.apply_updates(p, u), s), None
-
-  (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), grads)
-  return params
-
-
-run_gx = jax.jit(_run, static_argnums=0)
 
 CASES = {
     "sgd_momentum": (gx.sgd(0.05, 0.9, weight_decay=0.01),
