@@ -22,7 +22,8 @@ Output: one JSON object per line (to stdout or `--json FILE`), then a Markdown t
 
 The step compared is the same algorithm in both libraries (same hyperparameters, eps outside
 the root, decoupled weight decay `-lr * wd * p`, heavy-ball momentum without dampening,
-clipping to global norm 1 before AdamW); `--check` also reports the largest relative
+clipping to global norm 1 before AdamW; Muon: `optax.contrib.muon`'s defaults with decay on
+the matrices, NAdamW on the other leaves); `--check` also reports the largest relative
 difference between the libraries' parameters after the first two compiled steps (untimed).
 """
 
@@ -122,9 +123,28 @@ WORDS = {
     "adamw": 7,         # the same; the decay reads p, which the apply reads anyway
     "sgd_momentum": 5,  # read p g b, write p b
     "clip_adamw": 8,    # AdamW plus one extra pass over g for the global norm
+    "muon": 5,          # on matrices: read p g m, write p m (Newton-Schulz is compute, not
+                        # traffic); the other leaves are NAdamW's 7, see `words`
 }
 #: State words per parameter the algorithm needs (plus O(1) counters).
-STATE_WORDS = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "clip_adamw": 2}
+STATE_WORDS = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "clip_adamw": 2, "muon": 1}
+#: Muon's AdamW fallback on leaves that are not matrices: its words and state words.
+MUON_FALLBACK_WORDS, MUON_FALLBACK_STATE_WORDS = 7, 2
+#: Bytes of gradxform's O(1) state (counters): one int32 step counter, except Muon's two
+#: groups (Muon and AdamW), each with a step counter and Nadam's float32 momentum product.
+STATE_OVERHEAD_BYTES = {"muon": 16}
+#: Optimizers left out of --cpu-default unless named: Muon's Newton-Schulz on GPT-2's matrices
+#: (the embedding is one) is minutes per step on a few CPU cores.
+CPU_HEAVY_OPTIMIZERS = ("muon",)
+
+
+def words(opt: str, shapes: list[tuple[str, tuple[int, ...]]], state: bool = False) -> int:
+  """Minimal words moved per step (or, with `state`, state words) summed over the tree."""
+  table = STATE_WORDS if state else WORDS
+  if opt != "muon":
+    return table[opt] * sum(math.prod(s) for _, s in shapes)
+  other = MUON_FALLBACK_STATE_WORDS if state else MUON_FALLBACK_WORDS
+  return sum((table[opt] if len(s) == 2 else other) * math.prod(s) for _, s in shapes)
 
 
 def build(lib: str, name: str, state_dtype: Any = None) -> Any:
@@ -139,6 +159,7 @@ def build(lib: str, name: str, state_dtype: Any = None) -> Any:
         "sgd_momentum": lambda: gx.sgd(LR, momentum=MOMENTUM, **sd),
         "clip_adamw": lambda: gx.chain(gx.clip_by_global_norm(MAX_NORM),
                                        gx.adamw(LR, weight_decay=WD, **sd)),
+        "muon": lambda: gx.muon(LR, weight_decay=WD, **sd),
     }[name]()
     return gx.flatten(tx) if lib == "gx_flatten" else tx
   if lib == "optax":
@@ -148,6 +169,7 @@ def build(lib: str, name: str, state_dtype: Any = None) -> Any:
         "sgd_momentum": lambda: optax.sgd(LR, momentum=MOMENTUM),
         "clip_adamw": lambda: optax.chain(optax.clip_by_global_norm(MAX_NORM),
                                           optax.adamw(LR, weight_decay=WD)),
+        "muon": lambda: optax.contrib.muon(LR, weight_decay=WD),
     }[name]()
   raise ValueError(f"unknown library {lib!r}")
 
@@ -293,11 +315,12 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
       "lib": lib, "optimizer": opt, "tree": tree_name, "leaves": len(shapes),
       "params": n_params, "trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2,
       "total_compile_s": t3 - t0, "step_s": step_s, "step_min_s": min(times), "reps": reps,
-      "bytes_per_step": WORDS[opt] * 4 * n_params,
-      "achieved_bytes_per_s": WORDS[opt] * 4 * n_params / step_s,
+      "bytes_per_step": words(opt, shapes) * 4,
+      "achieved_bytes_per_s": words(opt, shapes) * 4 / step_s,
       "kernels": kernels, "state_bytes": state_bytes,
       "state_bytes_per_param": state_bytes / n_params,
-      "algorithm_state_bytes": STATE_WORDS[opt] * 4 * n_params, "finite": finite,
+      "algorithm_state_bytes": words(opt, shapes, state=True) * 4,
+      "state_overhead_bytes": STATE_OVERHEAD_BYTES.get(opt, 4), "finite": finite,
   }
 
 
@@ -356,8 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                   help=f"only the trees that compile in seconds on a small CPU: "
                        f"{','.join(CPU_DEFAULT_TREES)}")
   ap.add_argument("--trees", default=None, help=f"comma list from {','.join(TREES)}")
-  ap.add_argument("--optimizers", default=",".join(WORDS), help=f"comma list from "
-                  f"{','.join(WORDS)}")
+  ap.add_argument("--optimizers", default=None, help=f"comma list from {','.join(WORDS)} "
+                  f"(default all; with --cpu-default all but {','.join(CPU_HEAVY_OPTIMIZERS)})")
   ap.add_argument("--libs", default="gx,optax",
                   help="comma list from gx,optax,gx_flatten (gx.flatten(optimizer))")
   ap.add_argument("--reps", type=int, default=None, help="timed steps (default 20; quick 3)")
@@ -385,7 +408,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     trees = {n: pool[n] for n in names}
   elif args.cpu_default:
     trees = {n: TREES[n] for n in CPU_DEFAULT_TREES}
-  opts = args.optimizers.split(",")
+  opts = (args.optimizers.split(",") if args.optimizers else
+          [o for o in WORDS if not (args.cpu_default and o in CPU_HEAVY_OPTIMIZERS)])
   for o in opts:
     if o not in WORDS:
       raise SystemExit(f"unknown optimizer {o!r}; choose from {sorted(WORDS)}")

@@ -1,4 +1,4 @@
-"""Train the same Flax (nnx) network on the digits with eleven optimizers; plot the loss curves.
+"""Train the same Flax (nnx) network on the digits with fifteen optimizers; plot the loss curves.
 
 Every run starts from the same initial weights and sees the same batches, so the curves differ
 only by the optimizer. Each optimizer uses its learning rate in `COMPARE_LR` (a coarse
@@ -28,15 +28,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_digits import DEFAULT_LR, OPTIMIZERS, cross_entropy, load_digits_split  # noqa: E402
 
 COMPARED = ("sgd", "momentum", "nesterov", "adagrad", "adadelta", "rmsprop", "adam", "adamw",
-            "amsgrad", "powersign", "addsign")
+            "amsgrad", "powersign", "addsign", "lion", "lamb", "adabelief", "adopt")
 
 # Learning rates for the MLP below, from a coarse sweep over {1, 3} × 10^k per optimizer.
 COMPARE_LR = dict(DEFAULT_LR, sgd=0.3, momentum=0.05, nesterov=0.05, adagrad=0.1,
                   adadelta=1.0, rmsprop=3e-3, adam=1e-2, adamw=1e-2, amsgrad=1e-2,
-                  powersign=0.1, addsign=0.1)
+                  powersign=0.1, addsign=0.1, lion=1e-3, lamb=1e-2,
+                  adabelief=1e-2, adopt=1e-2)
 STYLE = {"sgd": "-", "momentum": "-", "nesterov": "--", "adagrad": "-", "adadelta": "--",
          "rmsprop": ":", "adam": "-", "adamw": "--", "amsgrad": ":", "powersign": "-",
-         "addsign": "--"}
+         "addsign": "--", "lion": "-.", "lamb": "-.", "adabelief": "-.", "adopt": "-."}
 
 
 class MLP(nnx.Module):
@@ -94,7 +95,7 @@ def plot(results: dict[str, tuple[np.ndarray, float]], lrs: dict[str, float], ou
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(9, 5.5))
-  colors = list(plt.get_cmap("tab10").colors) + ["black"]
+  colors = list(plt.get_cmap("tab20").colors)
   for i, (name, (losses, acc)) in enumerate(results.items()):
     ax.plot(smooth(losses, window), color=colors[i % len(colors)], lw=1.6,
             ls=STYLE.get(name, "-"),

@@ -31,7 +31,8 @@ import gradxform as gx
 DEFAULT_LR = {
     "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.05, "adadelta": 1.0,
     "rmsprop": 1e-3, "adam": 3e-3, "adamw": 3e-3, "amsgrad": 3e-3, "nadam": 3e-3,
-    "radam": 3e-3, "adamax": 5e-3, "powersign": 0.02, "addsign": 0.02,
+    "radam": 3e-3, "adamax": 5e-3, "powersign": 0.02, "addsign": 0.02, "lion": 3e-4,
+    "lamb": 3e-3, "adabelief": 3e-3, "adopt": 3e-3,
 }
 
 # name -> (gradxform factory, its other hyperparameters)
@@ -50,6 +51,10 @@ SPECS: dict[str, tuple[Callable[..., gx.GradientTransformation], dict[str, Any]]
     "adamax": (gx.adamax, {}),
     "powersign": (gx.powersign, {}),
     "addsign": (gx.addsign, {}),
+    "lion": (gx.lion, {}),
+    "lamb": (gx.lamb, {}),
+    "adabelief": (gx.adabelief, {}),
+    "adopt": (gx.adopt, {}),
 }
 
 

@@ -80,6 +80,65 @@ from gradxform._optimizers.sgd import sgdw
 from gradxform._optimizers.sign import addsign
 from gradxform._optimizers.sign import powersign
 
+# --- issue 16: layerwise (trust ratio, LAMB, LARS, NovoGrad, Fromage, SM3) ---
+from gradxform._optimizers.layerwise import fromage
+from gradxform._optimizers.layerwise import lamb
+from gradxform._optimizers.layerwise import lars
+from gradxform._optimizers.layerwise import novograd
+from gradxform._optimizers.layerwise import sm3
+from gradxform._transforms.novograd import scale_by_novograd
+from gradxform._transforms.sm3 import scale_by_sm3
+from gradxform._transforms.trust_ratio import scale_by_trust_ratio
+# --- issue 16: adam variants (Adan, ADOPT, AdEMAMix, MADGRAD, optimistic) ---
+from gradxform._optimizers.adam_variants import adan
+from gradxform._optimizers.adam_variants import ademamix
+from gradxform._optimizers.adam_variants import adopt
+from gradxform._optimizers.adam_variants import madgrad
+from gradxform._optimizers.adam_variants import optimistic_adam
+from gradxform._optimizers.adam_variants import optimistic_gradient_descent
+from gradxform._optimizers.adam_variants import simplified_ademamix
+from gradxform._transforms.adan import scale_by_adan
+from gradxform._transforms.ademamix import scale_by_ademamix
+from gradxform._transforms.ademamix import scale_by_simplified_ademamix
+from gradxform._transforms.adopt import scale_by_adopt
+from gradxform._transforms.madgrad import scale_by_madgrad
+from gradxform._transforms.optimistic import scale_by_optimistic_gradient
+# --- issue 16: loss-aware and wrappers (Polyak SGD, MoMo, lookahead, SAM) ---
+from gradxform._optimizers.loss_aware import momo
+from gradxform._optimizers.loss_aware import momo_adam
+from gradxform._optimizers.loss_aware import polyak_sgd
+from gradxform._transforms.momo import scale_by_momo
+from gradxform._transforms.momo import scale_by_momo_adam
+from gradxform._transforms.polyak import scale_by_polyak
+from gradxform._wrappers.lookahead import lookahead
+from gradxform._wrappers.lookahead import lookahead_params
+from gradxform._wrappers.sam import sam
+from gradxform._wrappers.sam import sam_perturbation
+# --- issue 16: torch forms and guards (Rprop, ASGD, skip_large_updates, loss scaling) ---
+from gradxform._optimizers.torch_forms import asgd
+from gradxform._optimizers.torch_forms import asgd_average
+from gradxform._optimizers.torch_forms import asgd_averaging
+from gradxform._optimizers.torch_forms import rprop
+from gradxform._transforms.rprop import scale_by_rprop
+from gradxform._wrappers.loss_scale import dynamic_loss_scale
+from gradxform._wrappers.loss_scale import loss_scale
+from gradxform._wrappers.skip import skip_large_updates
+
+# --- issue 17: adafactor ---
+from gradxform._optimizers.memory_light import adafactor
+from gradxform._transforms.factored import scale_by_factored_rms
+from gradxform._transforms.factored import scale_by_param_block_rms
+# --- issue 17: muon ---
+from gradxform._optimizers.muon import muon
+from gradxform._transforms.orthogonalize import MuonDimensionNumbers
+from gradxform._transforms.orthogonalize import orthogonalize
+from gradxform._transforms.orthogonalize import scale_by_shape
+
+# --- issue 18: schedule-free, Prodigy, D-Adaptation ---
+# --- issue 18: DoG, DoWG, Mechanic, COCOB ---
+# --- issue 18: L-BFGS and line searches ---
+# --- issue 17: Shampoo, SOAP ---
+
 # --- schedules (issue 4) ------------------------------------------------------------------
 from gradxform._schedules.cosine import cosine_decay_schedule
 from gradxform._schedules.cosine import sgdr_schedule

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
+from gradxform._wrappers.masked import MaskedNode
+
 _MISSING = object()
 
 
@@ -210,3 +215,46 @@ def state_names(state: Any) -> set[str]:
 
   walk(state)
   return names
+
+
+def states_of_type(state: Any, cls: type) -> list[Any]:
+  """Every node of type `cls` in a state tree (NamedTuples, dicts, tuples and lists), in
+  order; the search does not descend into a match."""
+  if isinstance(state, cls):
+    return [state]
+  return [s for _, _, child in _children(state) for s in states_of_type(child, cls)]
+
+
+def params_from_state(where: str, state: Any, cls: type, field: str, params: Any,
+                      combine: Any) -> Any:
+  """`params` with each leaf that a `cls` state in `state` keeps a copy of (its tree `field`,
+  like params or with `MaskedNode`s) replaced by `combine(found_state, param, kept)`.
+
+  Serves the readers of parameter-like state (`lookahead_params`,
+  `schedule_free_eval_params`): they work however the transform is wrapped (alone, in a chain,
+  in `inject_hyperparams`, `apply_if_finite`, `masked` or `partition`, whose groups' states are
+  merged). A kept leaf that is the real view of a complex parameter (a trailing axis of 2) is
+  made complex again first. KeyError when `state` holds no `cls`; ValueError naming `where`
+  when the kept tree does not line up with `params` (e.g. under `gx.flatten`).
+  """
+  found = states_of_type(state, cls)
+  if not found:
+    raise KeyError(f"{where}: the state holds no {cls.__name__}.")
+  leaves, treedef = jax.tree.flatten(params)
+  out = list(leaves)
+  for node in found:
+    kept = jax.tree.leaves(getattr(node, field), is_leaf=lambda x: isinstance(x, MaskedNode))
+    if len(kept) != len(leaves):
+      raise ValueError(f"{where}: the state's {field} has {len(kept)} leaves, params "
+                       f"{len(leaves)}; pass the parameters the optimizer updates.")
+    for i, (k, p) in enumerate(zip(kept, leaves)):
+      if isinstance(k, MaskedNode):
+        continue
+      p = jnp.asarray(p)
+      if jnp.iscomplexobj(p) and jnp.shape(k) == p.shape + (2,):
+        k = jax.lax.complex(k[..., 0], k[..., 1])
+      if jnp.shape(k) != p.shape:
+        raise ValueError(f"{where}: {field} of shape {jnp.shape(k)} for a parameter of shape "
+                         f"{p.shape}; pass the parameters the optimizer updates.")
+      out[i] = combine(node, p, k)
+  return treedef.unflatten(out)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The checks a session runs when it is lent a GPU (BUILD_NOTES, "Checked on a GPU").
+#
+# 1. The single-device numerics tests on the GPU: every named optimizer against Optax in
+#    float64 and against the stored torch.optim trajectories, the primitives, dtypes, the
+#    modern canon. `GRADXFORM_TEST_ACCELERATOR=1` lets tests/conftest.py keep JAX's default
+#    backend instead of the 8 fake CPU devices; the multi-device files are left out.
+# 2. The optimizer-step benchmark (benchmarks/run.py) against Optax on the GPU.
+#
+# Usage, from the repository root, with jax[cuda], optax, flax, chex, pytest, pytest-xdist,
+# hypothesis and scikit-learn installed:  OUT=/some/dir bash benchmarks/gpu_check.sh
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+python3 - <<'PY' 2>&1 | tee "$OUT/versions.txt"
+import jax, optax, flax, chex, numpy
+print("jax", jax.__version__, "optax", optax.__version__, "flax", flax.__version__,
+      "chex", chex.__version__, "numpy", numpy.__version__)
+print(jax.devices())
+PY
+FILES=$(ls tests/test_algorithms.py tests/test_modern.py tests/test_torch_optim.py \
+  tests/test_robust_transforms.py tests/test_primitives.py tests/test_dtypes.py \
+  tests/test_complex.py tests/test_layerwise.py tests/test_adam_variants.py \
+  tests/test_loss_aware.py tests/test_lookahead_sam.py tests/test_torch_forms.py \
+  tests/test_loss_scale.py tests/test_adafactor.py tests/test_muon.py tests/test_lbfgs.py \
+  tests/test_schedule_free.py tests/test_lr_free_prodigy.py tests/test_parameter_free.py \
+  tests/test_shampoo_soap.py 2>/dev/null)
+GRADXFORM_TEST_ACCELERATOR=1 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -p no:cacheprovider \
+  -n "${WORKERS:-8}" -rf --junitxml "$OUT/gpu_tests.xml" $FILES 2>&1 | tail -60 \
+  | tee "$OUT/gpu_tests.txt"
+timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/run.py --device --check \
+  --trees gpt2_small,resnet50,leaves2000x1000 --optimizers adam,adamw \
+  --libs gx,optax,gx_flatten --markdown "$OUT/bench.md" --json "$OUT/bench.jsonl" 2>&1 \
+  | tail -40 | tee "$OUT/bench.txt"
+timeout "${MUON_TIMEOUT:-120}" python3 benchmarks/run.py --check --trees gpt2_small \
+  --optimizers muon --libs gx,optax --markdown "$OUT/bench_muon.md" \
+  --json "$OUT/bench_muon.jsonl" 2>&1 | tail -20 | tee -a "$OUT/bench.txt"

@@ -1,0 +1,455 @@
+"""The layer-wise optimizers of issue 16: LAMB, LARS, NovoGrad, Fromage, SM3, and their
+primitives `scale_by_trust_ratio`, `scale_by_novograd`, `scale_by_sm3`.
+
+Oracle: Optax itself in float64, in closed loop (each step's gradient is that of a fixed
+function at the current parameters), 30 steps over a tree with a 130 × 129 matrix, a vector
+and a scalar, with Optax's defaults and with every hyperparameter moved; the parameters must
+agree to 1e-7 relative after every step. (Optax's SM3 fails on scalar leaves, so its cases run
+without the scalar; a scalar is checked by hand below.) Then the contract: `gradxform.testing`,
+the wrappers, equality by value, validation, a checkpoint round trip, and hand-derived values.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import serialization
+
+import gradxform as gx
+import gradxform.testing as gxt
+
+STEPS = 30
+RTOL = 1e-7
+MASK = {"w": True, "v": False, "s": True}
+NO_SCALAR = {"w": True, "v": True}
+
+
+def _schedule(count):
+  return 0.02 / (1.0 + 0.1 * count)
+
+
+def _tr_chain(lib, *args):
+  return lib.chain(lib.scale_by_trust_ratio(*args), lib.scale_by_learning_rate(0.01))
+
+
+def _prim_chain(ours, theirs):
+  return (lambda: gx.chain(ours(), gx.scale_by_learning_rate(0.01)),
+          lambda: optax.chain(theirs(), optax.scale_by_learning_rate(0.01)))
+
+
+# name -> [(gradxform optimizer, Optax optimizer)]: the defaults first, then moved values.
+CASES = {
+    "scale_by_trust_ratio": [
+        (lambda: _tr_chain(gx), lambda: _tr_chain(optax)),
+        (lambda: _tr_chain(gx, 0.5, 0.3, 1e-3), lambda: _tr_chain(optax, 0.5, 0.3, 1e-3)),
+    ],
+    "lamb": [
+        (lambda: gx.lamb(1e-2), lambda: optax.lamb(1e-2)),
+        (lambda: gx.lamb(0.03, 0.8, 0.99, 1e-4, eps_root=1e-5, weight_decay=0.1, mask=MASK),
+         lambda: optax.lamb(0.03, 0.8, 0.99, 1e-4, eps_root=1e-5, weight_decay=0.1,
+                            mask=MASK)),
+        (lambda: gx.lamb(_schedule, weight_decay=_schedule),
+         lambda: optax.lamb(_schedule, weight_decay=_schedule)),
+    ],
+    "lars": [
+        (lambda: gx.lars(2.0), lambda: optax.lars(2.0)),
+        (lambda: gx.lars(0.5, 1e-2, weight_decay_mask=MASK, trust_coefficient=0.02, eps=1e-3,
+                         trust_ratio_mask={"w": True, "v": True, "s": False}, momentum=0.8,
+                         nesterov=True),
+         lambda: optax.lars(0.5, 1e-2, weight_decay_mask=MASK, trust_coefficient=0.02,
+                            eps=1e-3, trust_ratio_mask={"w": True, "v": True, "s": False},
+                            momentum=0.8, nesterov=True)),
+        (lambda: gx.lars(_schedule, momentum=0.5, trust_coefficient=0.5),
+         lambda: optax.lars(_schedule, momentum=0.5, trust_coefficient=0.5)),
+    ],
+    "scale_by_novograd": [
+        _prim_chain(gx.scale_by_novograd, optax.scale_by_novograd),
+    ],
+    "novograd": [
+        (lambda: gx.novograd(1e-2), lambda: optax.novograd(1e-2)),
+        (lambda: gx.novograd(0.03, 0.8, 0.5, 1e-4, eps_root=1e-5, weight_decay=0.05),
+         lambda: optax.novograd(0.03, 0.8, 0.5, 1e-4, eps_root=1e-5, weight_decay=0.05)),
+    ],
+    "fromage": [
+        (lambda: gx.fromage(1e-2), lambda: optax.fromage(1e-2)),
+        (lambda: gx.fromage(_schedule, min_norm=1.0),
+         lambda: optax.fromage(_schedule, min_norm=1.0)),
+    ],
+    "scale_by_sm3": [
+        _prim_chain(gx.scale_by_sm3, optax.scale_by_sm3),
+        _prim_chain(lambda: gx.scale_by_sm3(0.5, 0.9, 1e-3),
+                    lambda: optax.scale_by_sm3(0.5, 0.9, 1e-3)),
+    ],
+    "sm3": [
+        (lambda: gx.sm3(0.1), lambda: optax.sm3(0.1)),
+        (lambda: gx.sm3(0.05, 0.5), lambda: optax.sm3(0.05, 0.5)),
+    ],
+}
+IDS = [f"{name}-{i}" for name, cases in CASES.items() for i in range(len(cases))]
+FLAT = [(name, pair) for name, cases in CASES.items() for pair in cases]
+
+
+def _problem(keys):
+  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
+  rng = np.random.default_rng(16)
+
+  def draw(shape):
+    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
+            rng.uniform(-1.0, 1.0, shape))
+
+  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
+  return tuple({k: np.asarray(p[i]) for k, p in parts.items() if k in keys} for i in range(3))
+
+
+def _grad(theta, a, c):
+  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
+
+
+def _both(theta0, a, c, pair):
+  """Both optimizers in closed loop; each one's parameters after every step."""
+  ours, theirs = pair[0](), pair[1]()
+
+  def step(carry, _):
+    (p1, s1), (p2, s2) = carry
+    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
+    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
+    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
+    return ((p1, s1), (p2, s2)), (p1, p2)
+
+  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
+  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
+  return trajectories
+
+
+_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
+
+
+@pytest.mark.parametrize("name,pair", FLAT, ids=IDS)
+def test_equals_optax_float64_every_step(name, pair):
+  keys = ("w", "v") if "sm3" in name else ("w", "v", "s")
+  with jax.enable_x64(True):
+    theta0, a, c = _problem(keys)
+    ours, theirs = jax.device_get(_both(theta0, a, c, pair))
+  for key in theta0:
+    assert ours[key].dtype == np.float64
+    moved = np.abs(ours[key][-1] - theta0[key]).max()
+    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
+    for t in range(STEPS):
+      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
+                                 err_msg=f"leaf {key}, step {t + 1}")
+
+
+# --- the contract ------------------------------------------------------------------------
+
+OPTIMIZERS = {
+    "lamb": lambda **kw: gx.lamb(1e-2, **kw),
+    "lars": lambda **kw: gx.lars(0.5, **kw),
+    "novograd": lambda **kw: gx.novograd(1e-2, **kw),
+    "fromage": lambda **kw: gx.fromage(1e-2),
+    "sm3": lambda **kw: gx.sm3(0.1, **kw),
+}
+PRIMITIVES = {
+    "scale_by_trust_ratio": lambda **kw: gx.scale_by_trust_ratio(),
+    "scale_by_novograd": lambda **kw: gx.scale_by_novograd(**kw),
+    "scale_by_sm3": lambda **kw: gx.scale_by_sm3(**kw),
+}
+STATEFUL = {"lamb", "lars", "novograd", "sm3", "scale_by_novograd", "scale_by_sm3"}
+
+
+def _params():
+  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
+          "s": jnp.asarray(0.7, jnp.float32)}
+
+
+def _grads(k=0):
+  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
+          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
+
+
+def _run(tx, params, steps=3):
+  state = tx.init(params)
+  outs = []
+  for k in range(steps):
+    grads = {key: g for key, g in _grads(k).items() if key in params}
+    u, state = tx.update(grads, state, params)
+    outs.append(u)
+  return outs, state
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
+def test_check_transform(name):
+  factory = {**OPTIMIZERS, **PRIMITIVES}[name]
+  gxt.check_transform(factory(), _params(), needs_params=True)
+  if name in STATEFUL:                      # moments in bfloat16 for float32 parameters
+    tx = factory(state_dtype=jnp.bfloat16)
+    if name in PRIMITIVES:                  # the optimizers pass state_dtype on to these
+      gxt.check_transform(tx, _params(), needs_params=True, pmap=False)
+    outs, state = _run(tx, _params(), steps=2)
+    assert {x.dtype for x in jax.tree.leaves(state) if x.ndim > 0} == {jnp.dtype(jnp.bfloat16)}
+    assert all(u.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(u)))
+               for u in jax.tree.leaves(outs))
+
+
+INJECTED = {
+    "lamb": dict(learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-5, eps_root=1e-8,
+                 weight_decay=0.1),
+    "lars": dict(learning_rate=0.5, weight_decay=0.01, trust_coefficient=0.01, eps=1e-4,
+                 momentum=0.8),
+    "novograd": dict(learning_rate=0.01, b1=0.8, b2=0.5, eps=1e-5, eps_root=1e-8,
+                     weight_decay=0.1),
+    "fromage": dict(learning_rate=0.05, min_norm=0.3),
+    "sm3": dict(learning_rate=0.1, momentum=0.7),
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTED))
+def test_inject_hyperparams_equals_plain_and_injects(name):
+  factory, kwargs = getattr(gx, name), INJECTED[name]
+  injected = gx.inject_hyperparams(factory)(**kwargs)
+  assert set(injected.init(_params()).hyperparams) == set(kwargs)
+  plain_out, _ = _run(factory(**kwargs), _params())
+  injected_out, _ = _run(injected, _params())
+  for p, q in zip(plain_out, injected_out):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
+  new_state = injected.init(_params())._replace(
+      hyperparams={**injected.init(_params()).hyperparams, "learning_rate": jnp.asarray(0.0)})
+  u, _ = injected.update(_grads(), new_state, _params())     # η injected as 0: no step
+  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("scale_by_trust_ratio", dict(min_norm=0.2, trust_coefficient=0.5, eps=1e-3)),
+    ("scale_by_novograd", dict(b1=0.8, b2=0.5, eps=1e-5, eps_root=1e-8, weight_decay=0.1)),
+    ("scale_by_sm3", dict(b1=0.8, b2=0.9, eps=1e-6)),
+    ("scale_by_sm3", dict(b1=0.8, b2=1.0, eps=1e-6)),
+])
+def test_inject_hyperparams_into_primitives(name, kwargs):
+  factory = getattr(gx, name)
+  plain_out, _ = _run(factory(**kwargs), _params())
+  injected_out, _ = _run(gx.inject_hyperparams(factory)(**kwargs), _params())
+  for p, q in zip(plain_out, injected_out):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_masked_and_partition_equal_the_optimizer_on_its_leaves(name):
+  opt = OPTIMIZERS[name]()
+  params = _params()
+  alone, _ = _run(opt, {"w": params["w"], "s": params["s"]})
+  masked, _ = _run(gx.masked(opt, {"w": True, "b": False, "s": True}), params)
+  grouped, _ = _run(gx.partition({"opt": opt, "sgd": gx.sgd(0.1)},
+                                 {"w": "opt", "b": "sgd", "s": "opt"}), params)
+  for k in range(3):
+    for key in ("w", "s"):
+      np.testing.assert_allclose(masked[k][key], alone[k][key], rtol=1e-6)
+      np.testing.assert_allclose(grouped[k][key], alone[k][key], rtol=1e-6)
+    np.testing.assert_array_equal(masked[k]["b"], _grads(k)["b"])   # passed through
+    np.testing.assert_allclose(grouped[k]["b"], -0.1 * _grads(k)["b"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
+def test_equal_by_value(name):
+  factory = {**OPTIMIZERS, **PRIMITIVES}[name]
+  assert factory() == factory() and hash(factory()) == hash(factory())
+  if name in STATEFUL:
+    assert factory() != factory(state_dtype=jnp.bfloat16)
+
+
+def test_different_hyperparameters_differ():
+  assert gx.lamb(1e-3) != gx.lamb(2e-3)
+  assert gx.lamb(1e-3) != gx.lamb(1e-3, mask={"w": True, "b": False})
+  assert gx.lars(1e-3) != gx.lars(1e-3, nesterov=True)
+  assert gx.lars(1e-3, 0.1) == gx.lars(learning_rate=1e-3, weight_decay=0.1)
+  assert gx.novograd(1e-3) != gx.novograd(1e-3, b2=0.5)
+  assert gx.fromage(1e-3) != gx.fromage(1e-3, 1e-5)
+  assert gx.sm3(1e-3) != gx.sm3(1e-3, 0.5)
+  assert gx.scale_by_trust_ratio() != gx.scale_by_trust_ratio(0.1)
+  assert gx.scale_by_sm3() != gx.scale_by_sm3(b2=0.9)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: gx.scale_by_trust_ratio(-1.0), "scale_by_trust_ratio: min_norm must be"),
+    (lambda: gx.scale_by_trust_ratio(trust_coefficient=-1.0),
+     "scale_by_trust_ratio: trust_coefficient must be"),
+    (lambda: gx.scale_by_trust_ratio(eps=-1.0), "scale_by_trust_ratio: eps must be"),
+    (lambda: gx.lamb(-1.0), "lamb: learning_rate"),
+    (lambda: gx.lamb(0.1, b1=1.0), "lamb: b1 must be in [0, 1), got 1.0"),
+    (lambda: gx.lamb(0.1, b2=-0.1), "lamb: b2 must be in [0, 1), got -0.1"),
+    (lambda: gx.lamb(0.1, eps=-1.0), "lamb: eps must be"),
+    (lambda: gx.lamb(0.1, eps_root=-1.0), "lamb: eps_root must be"),
+    (lambda: gx.lamb(0.1, weight_decay=-1.0), "lamb: weight_decay"),
+    (lambda: gx.lars(-0.1), "lars: learning_rate"),
+    (lambda: gx.lars(0.1, -1.0), "lars: weight_decay"),
+    (lambda: gx.lars(0.1, trust_coefficient=-1.0), "lars: trust_coefficient must be"),
+    (lambda: gx.lars(0.1, eps=-1.0), "lars: eps must be"),
+    (lambda: gx.lars(0.1, momentum=1.0), "lars: momentum must be in [0, 1), got 1.0"),
+    (lambda: gx.lars(0.1, momentum=0.0, nesterov=True), "lars: Nesterov momentum requires"),
+    (lambda: gx.novograd(-0.1), "novograd: learning_rate"),
+    (lambda: gx.novograd(0.1, b1=1.5), "novograd: b1 must be in [0, 1), got 1.5"),
+    (lambda: gx.novograd(0.1, b2=1.0), "novograd: b2 must be in [0, 1), got 1.0"),
+    (lambda: gx.novograd(0.1, eps=-1.0), "novograd: eps must be"),
+    (lambda: gx.novograd(0.1, eps_root=-1.0), "novograd: eps_root must be"),
+    (lambda: gx.novograd(0.1, weight_decay=-1.0), "novograd: weight_decay"),
+    (lambda: gx.fromage(-0.1), "fromage: learning_rate"),
+    (lambda: gx.fromage(0.1, -1.0), "fromage: min_norm must be"),
+    (lambda: gx.sm3(-0.1), "sm3: learning_rate"),
+    (lambda: gx.sm3(0.1, 1.0), "sm3: momentum must be in [0, 1), got 1.0"),
+    (lambda: gx.scale_by_novograd(b1=-0.1), "scale_by_novograd: b1 must be"),
+    (lambda: gx.scale_by_novograd(weight_decay=-1.0), "scale_by_novograd: weight_decay must"),
+    (lambda: gx.scale_by_sm3(b1=1.0), "scale_by_sm3: b1 must be in [0, 1), got 1.0"),
+    (lambda: gx.scale_by_sm3(b2=1.5), "scale_by_sm3: b2 must be in [0, 1], got 1.5"),
+    (lambda: gx.scale_by_sm3(eps=-1.0), "scale_by_sm3: eps must be"),
+    (lambda: gx.scale_by_sm3(state_dtype=jnp.int32), "scale_by_sm3: state_dtype"),
+])
+def test_bad_hyperparameters_raise_naming_them(call, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    call()
+
+
+def test_params_are_required_where_the_rule_reads_them():
+  for tx in (gx.scale_by_trust_ratio(), gx.lamb(0.1), gx.lars(0.1), gx.fromage(0.1),
+             gx.scale_by_novograd(weight_decay=0.1)):
+    with pytest.raises(ValueError, match="needs the current parameters"):
+      tx.update(_grads(), tx.init(_params()))
+  tx = gx.novograd(0.1)                     # no decay: the parameters are not read
+  u, _ = tx.update(_grads(), tx.init(_params()))
+  assert set(u) == {"w", "b", "s"}
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+CHECKPOINTED = {
+    "lamb": lambda: gx.lamb(gx.cosine_decay_schedule(0.1, 10), weight_decay=0.01),
+    "lars": lambda: gx.lars(0.5, 1e-3, trust_ratio_mask={"w": True, "b": False, "s": True}),
+    "novograd": lambda: gx.novograd(0.05, weight_decay=0.01),
+    "fromage": lambda: gx.fromage(0.05),
+    "sm3": lambda: gx.sm3(0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINTED))
+def test_flax_serialization_round_trip_and_exact_resume(name):
+  make, n, k = CHECKPOINTED[name], 5, 2
+
+  def train(tx, state, params, start, stop):
+    for i in range(start, stop):
+      u, state = tx.update(_grads(i), state, params)
+      params = gx.apply_updates(params, u)
+    return params, state
+
+  full_params, full_state = train(make(), make().init(_params()), _params(), 0, n)
+  tx = make()
+  params, state = train(tx, tx.init(_params()), _params(), 0, k)
+  blob = serialization.to_bytes({"params": params, "opt": state})
+  fresh = make()                                        # a new optimizer, as after a restart
+  restored = serialization.from_bytes({"params": _params(), "opt": fresh.init(_params())}, blob)
+  params, state = train(fresh, restored["opt"], restored["params"], k, n)
+  for a, b in ((full_params, params), (full_state, state)):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      assert np.asarray(x).dtype == np.asarray(y).dtype
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --- hand-derived values and conventions -------------------------------------------------
+
+def test_trust_ratio_by_hand_and_zero_norms():
+  tx = gx.scale_by_trust_ratio(trust_coefficient=0.5, eps=1.0)
+  params = {"a": jnp.array([3.0, 4.0]), "zero": jnp.zeros(2), "b": jnp.array([1.0, 0.0])}
+  updates = {"a": jnp.array([0.0, 2.0]), "zero": jnp.array([1.0, -1.0]), "b": jnp.zeros(2)}
+  u, _ = tx.update(updates, tx.init(params), params)
+  np.testing.assert_allclose(u["a"], [0.0, 2.0 * 0.5 * 5.0 / (2.0 + 1.0)], rtol=1e-6)
+  np.testing.assert_array_equal(u["zero"], [1.0, -1.0])   # ‖θ‖ = 0: ratio 1
+  np.testing.assert_array_equal(u["b"], [0.0, 0.0])       # ‖u‖ = 0: ratio 1
+  floored = gx.scale_by_trust_ratio(min_norm=10.0)        # both norms raised to 10: ratio 1
+  u, _ = floored.update(updates, floored.init(params), params)
+  np.testing.assert_allclose(u["a"], updates["a"], rtol=1e-6)
+
+
+def test_trust_ratio_is_differentiable_at_zero():
+  def loss(p):
+    u, _ = gx.scale_by_trust_ratio().update({"x": jnp.ones(3)}, gx.EmptyState(), p)
+    return jnp.sum(u["x"])
+  grad = jax.grad(loss)({"x": jnp.zeros(3)})
+  assert np.all(np.isfinite(np.asarray(grad["x"])))
+
+
+def test_trust_ratio_of_a_complex_leaf_uses_the_complex_norm():
+  z = np.array([1.0 + 2.0j, -0.5 + 0.25j, 3.0j], np.complex64)
+  g = np.array([0.3 - 0.1j, 2.0 + 0.0j, -1.0 + 1.0j], np.complex64)
+  tx = gx.scale_by_trust_ratio()
+  u, _ = tx.update({"z": jnp.asarray(g)}, tx.init({"z": jnp.asarray(z)}), {"z": jnp.asarray(z)})
+  assert u["z"].dtype == jnp.complex64
+  expected = g * np.linalg.norm(z) / np.linalg.norm(g)   # = the norm of the real view
+  np.testing.assert_allclose(np.asarray(u["z"]), expected, rtol=1e-6)
+
+
+def test_novograd_two_steps_by_hand():
+  tx = gx.scale_by_novograd(b1=0.5, b2=0.25, eps=0.0, weight_decay=0.1)
+  params = {"w": jnp.array([1.0, -1.0])}
+  g1, g2 = jnp.array([3.0, 4.0]), jnp.array([0.0, 2.0])
+  u, state = tx.update({"w": g1}, tx.init(params), params)
+  np.testing.assert_allclose(state.nu["w"], 25.0)                  # v₁ = ‖g₁‖²
+  m1 = np.array([3.0, 4.0]) / 5.0 + 0.1 * np.array([1.0, -1.0])
+  np.testing.assert_allclose(u["w"], m1, rtol=1e-6)
+  u, state = tx.update({"w": g2}, state, params)
+  v2 = 0.25 * 25.0 + 0.75 * 4.0                                    # 9.25
+  np.testing.assert_allclose(state.nu["w"], v2, rtol=1e-6)
+  m2 = 0.5 * m1 + np.array([0.0, 2.0]) / np.sqrt(v2) + 0.1 * np.array([1.0, -1.0])
+  np.testing.assert_allclose(u["w"], m2, rtol=1e-6)
+
+
+def _sm3_reference(grads, b1, b2, eps):
+  """SM3-II on one matrix from the paper (Anil et al. 2019, Algorithm SM3-II), with Optax's
+  β2 decay (`c = 1` at β2 = 1) and the EMA of the output."""
+  rows, cols = np.zeros(grads[0].shape[0]), np.zeros(grads[0].shape[1])
+  m, outs = np.zeros_like(grads[0]), []
+  c = 1.0 if b2 == 1.0 else 1.0 - b2
+  for g in grads:
+    nu = c * g**2 + b2 * np.minimum(rows[:, None], cols[None, :])
+    scaled = np.where(nu > 0, g / np.sqrt(nu + eps), 0.0)
+    m = b1 * m + (1 - b1) * scaled
+    rows, cols = nu.max(axis=1), nu.max(axis=0)
+    outs.append(m.copy())
+  return outs, rows, cols
+
+
+@pytest.mark.parametrize("b1,b2", [(0.9, 1.0), (0.0, 0.7)])
+def test_sm3_matches_the_paper_per_axis(b1, b2):
+  rng = np.random.default_rng(3)
+  grads = [rng.normal(size=(4, 6)) for _ in range(4)]
+  grads[1][2] = 0.0                                         # a zero row: 0/0 is 0
+  expected, rows, cols = _sm3_reference(grads, b1, b2, 1e-8)
+  tx = gx.scale_by_sm3(b1, b2)
+  state = tx.init({"w": jnp.zeros((4, 6))})
+  assert [a.shape for a in state.mu["w"]] == [(4,), (6,)]   # memory: 4 + 6, not 4 · 6
+  for g, e in zip(grads, expected):
+    u, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state)
+    np.testing.assert_allclose(u["w"], e, rtol=2e-5, atol=1e-7)
+  np.testing.assert_allclose(state.mu["w"][0], rows, rtol=2e-5)
+  np.testing.assert_allclose(state.mu["w"][1], cols, rtol=2e-5)
+
+
+def test_sm3_scalar_leaf_is_adagrad():
+  tx = gx.scale_by_sm3(b1=0.0, eps=0.0)                     # Optax fails on scalars
+  state = tx.init({"s": jnp.asarray(0.0)})
+  total = 0.0
+  for g in (2.0, -1.0, 0.5):
+    total += g * g
+    u, state = tx.update({"s": jnp.asarray(g)}, state)
+    np.testing.assert_allclose(u["s"], g / np.sqrt(total), rtol=1e-6)
+
+
+def test_fromage_keeps_the_norm_bounded_by_hand():
+  # θ ← (θ − η ‖θ‖/‖g‖ g)/√(1 + η²): with g ⟂ θ, ‖θ‖ stays exactly the same.
+  theta = {"w": jnp.array([3.0, 4.0])}
+  g = {"w": jnp.array([-4.0, 3.0])}
+  tx = gx.fromage(0.5, min_norm=0.0)
+  u, _ = tx.update(g, tx.init(theta), theta)
+  new = gx.apply_updates(theta, u)["w"]
+  np.testing.assert_allclose(new, (np.array([3.0, 4.0]) - 0.5 * np.array([-4.0, 3.0]))
+                             / np.sqrt(1.25), rtol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(new), 5.0, rtol=1e-6)
