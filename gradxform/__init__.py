@@ -135,9 +135,34 @@ from gradxform._transforms.orthogonalize import orthogonalize
 from gradxform._transforms.orthogonalize import scale_by_shape
 
 # --- issue 18: schedule-free, Prodigy, D-Adaptation ---
+from gradxform._optimizers.lr_free import dadapt_adamw
+from gradxform._optimizers.lr_free import prodigy
+from gradxform._optimizers.lr_free import schedule_free_adamw
+from gradxform._optimizers.lr_free import schedule_free_sgd
+from gradxform._transforms.distance import scale_by_dadapt_adam
+from gradxform._transforms.distance import scale_by_prodigy
+from gradxform._wrappers.schedule_free import schedule_free
+from gradxform._wrappers.schedule_free import schedule_free_eval_params
 # --- issue 18: DoG, DoWG, Mechanic, COCOB ---
+from gradxform._optimizers.parameter_free import cocob
+from gradxform._optimizers.parameter_free import dog
+from gradxform._optimizers.parameter_free import dowg
+from gradxform._transforms.cocob import scale_by_cocob
+from gradxform._transforms.dog import scale_by_dog
+from gradxform._transforms.dog import scale_by_dowg
+from gradxform._wrappers.mechanize import mechanize
 # --- issue 18: L-BFGS and line searches ---
+from gradxform._optimizers.lbfgs import lbfgs
+from gradxform._transforms.lbfgs import scale_by_lbfgs
+from gradxform._transforms.linesearch import scale_by_backtracking_linesearch
+from gradxform._transforms.linesearch import scale_by_zoom_linesearch
+from gradxform._transforms.linesearch import value_and_grad_from_state
+# --- issue 18: YellowFin ---
 # --- issue 17: Shampoo, SOAP ---
+from gradxform._optimizers.matrix import shampoo
+from gradxform._optimizers.matrix import soap
+from gradxform._transforms.shampoo import scale_by_shampoo
+from gradxform._transforms.soap import scale_by_soap
 
 # --- schedules (issue 4) ------------------------------------------------------------------
 from gradxform._schedules.cosine import cosine_decay_schedule

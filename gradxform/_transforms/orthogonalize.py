@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _check
 from gradxform._base import GradientTransformation, transform
+from gradxform._batching import by_shape
 from gradxform._transforms.stateless import stateless
 from gradxform._wrappers.masked import evaluate
 
@@ -239,29 +240,23 @@ def orthogonalize(ns_coeffs: Any = DEFAULT_NS_COEFFS, ns_steps: int = 5, eps: fl
     del params
     leaves, treedef = jax.tree.flatten(updates)
     specs = dims_per_leaf(where, dimension_numbers, updates)
-    groups: dict[Any, list[tuple[int, jax.Array]]] = {}
-    undo: dict[int, tuple[Callable[..., Any], bool]] = {}
+    stacks, undo = [], []
     for i, (x, spec) in enumerate(zip(leaves, specs)):
       if spec is None:
         continue
       y, inverse = _to_batched(where, x, spec)
       tall = y.shape[1] > y.shape[2]
-      y = _t(y) if tall else y
-      undo[i] = (inverse, tall)
-      groups.setdefault((y.shape[1:], y.dtype), []).append((i, y))
+      stacks.append((_t(y) if tall else y,))     # wide, so one shape per group
+      undo.append((i, inverse, tall))
+    # one Newton–Schulz per group of equal (matrix shape, dtype), on the group's stack
+    results = by_shape(lambda y: (_newton_schulz(y, coeffs, eps, preconditioning, eps_in_max),),
+                       stacks)
     out = list(leaves)
-    for members in groups.values():
-      stack = jnp.concatenate([y for _, y in members]) if len(members) > 1 else members[0][1]
-      result = _newton_schulz(stack, coeffs, eps, preconditioning, eps_in_max)
-      start = 0
-      for i, y in members:
-        piece = result[start:start + y.shape[0]]
-        start += y.shape[0]
-        inverse, tall = undo[i]
-        o = inverse(_t(piece) if tall else piece)
-        if adaptive:
-          o = jnp.sum(leaves[i] * o) * o
-        out[i] = o.astype(leaves[i].dtype)
+    for (i, inverse, tall), (piece,) in zip(undo, results):
+      o = inverse(_t(piece) if tall else piece)
+      if adaptive:
+        o = jnp.sum(leaves[i] * o) * o
+      out[i] = o.astype(leaves[i].dtype)
     return treedef.unflatten(out)
 
   return stateless(apply)
