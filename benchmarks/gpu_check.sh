@@ -25,7 +25,7 @@ FILES=$(ls tests/test_algorithms.py tests/test_modern.py tests/test_torch_optim.
   tests/test_loss_aware.py tests/test_lookahead_sam.py tests/test_torch_forms.py \
   tests/test_loss_scale.py tests/test_adafactor.py tests/test_muon.py tests/test_lbfgs.py \
   tests/test_schedule_free.py tests/test_lr_free_prodigy.py tests/test_parameter_free.py \
-  tests/test_shampoo_soap.py 2>/dev/null)
+  tests/test_shampoo_soap.py tests/test_yellowfin.py tests/test_int8_state.py 2>/dev/null)
 GRADXFORM_TEST_ACCELERATOR=1 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -p no:cacheprovider \
   -n "${WORKERS:-8}" -rf --junitxml "$OUT/gpu_tests.xml" $FILES 2>&1 | tail -60 \
   | tee "$OUT/gpu_tests.txt"

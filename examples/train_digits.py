@@ -58,14 +58,17 @@ SPECS: dict[str, tuple[Callable[..., gx.GradientTransformation], dict[str, Any]]
 }
 
 
-def make_optimizer(name: str, learning_rate: Any, *,
-                   inject: bool = False) -> gx.GradientTransformation:
+def make_optimizer(name: str, learning_rate: Any, *, inject: bool = False,
+                   state_dtype: str | None = None) -> gx.GradientTransformation:
   """`--optimizer name` with this learning rate (a float or a schedule).
 
   `inject=True` wraps the factory in `gx.inject_hyperparams`, so the learning rate in use can be
-  read from the state (`opt_state.hyperparams["learning_rate"]`) for logging.
+  read from the state (`opt_state.hyperparams["learning_rate"]`) for logging. `state_dtype`
+  (e.g. "int8": 8-bit blockwise quantized moments) is passed on when given.
   """
   factory, kwargs = SPECS[name]
+  if state_dtype is not None:
+    kwargs = {**kwargs, "state_dtype": state_dtype}
   if inject:
     factory = gx.inject_hyperparams(factory)
   return factory(learning_rate=learning_rate, **kwargs)
@@ -205,6 +208,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
   p.add_argument("--limit", type=int, default=None,
                  help="use only the first N images (quick smoke runs)")
+  p.add_argument("--state-dtype", choices=("int8", "bfloat16", "float32"), default=None,
+                 help="dtype of the optimizer's state (int8: blockwise 8-bit quantized); "
+                 "default: the parameters' dtype")
   p.add_argument("--no-progress", action="store_true", help="no progress bar or epoch lines")
   return p.parse_args(argv)
 
@@ -216,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   steps_per_epoch = len(data[0]) // args.batch_size
   lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
   schedule = make_schedule(args.schedule, lr, args.epochs * steps_per_epoch, steps_per_epoch)
-  tx = make_optimizer(args.optimizer, schedule, inject=True)
+  tx = make_optimizer(args.optimizer, schedule, inject=True, state_dtype=args.state_dtype)
   progress = not args.no_progress
   if progress:
     print(f"{args.optimizer} (lr {lr:g}, {args.schedule} schedule), {args.epochs} epochs of "

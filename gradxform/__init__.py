@@ -158,6 +158,8 @@ from gradxform._transforms.linesearch import scale_by_backtracking_linesearch
 from gradxform._transforms.linesearch import scale_by_zoom_linesearch
 from gradxform._transforms.linesearch import value_and_grad_from_state
 # --- issue 18: YellowFin ---
+from gradxform._optimizers.yellowfin import yellowfin
+from gradxform._transforms.yellowfin import scale_by_yellowfin
 # --- issue 17: Shampoo, SOAP ---
 from gradxform._optimizers.matrix import shampoo
 from gradxform._optimizers.matrix import soap

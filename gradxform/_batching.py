@@ -46,8 +46,8 @@ def by_shape(fn: Callable[..., tuple[jax.Array, ...]],
   """`fn` on stacks of arrays `(B, ...)`, called once per distinct trailing shape and dtype.
 
   Each item is a tuple of arrays with a common leading axis, the first one's trailing shape
-  and dtype group it; `fn(*stacked)` maps the items of one group, stacked, to a
-  tuple of arrays with the same leading axis. The result for each item is its slice of those.
+  and dtype group it; `fn(*stacked)` maps the items of one group, stacked, to a tuple of
+  arrays with the same leading axis. The result for each item is its slice of those.
   """
   groups = group_indices([(item[0].shape[1:], item[0].dtype) for item in items])
   out: list[Any] = [None] * len(items)

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
+from gradxform import _quantize
+
 _UNSET: Any = object()
 
 
@@ -169,16 +171,27 @@ def positive_int_or_schedule(where: str, name: str, value: Any) -> Any:
 # Kinds, dtypes and functions.
 
 
-def state_dtype(where: str, value: Any) -> Any:
-  """None (each parameter's own dtype) or a floating dtype."""
+def state_dtype(where: str, value: Any, *, int8: bool = True) -> Any:
+  """None (each parameter's own dtype), a floating dtype, or (where `int8`) "int8" /
+  `jnp.int8`: blockwise 8-bit quantized state, returned as the `_quantize.INT8` marker."""
   if value is None:
     return None
-  try:
-    dtype = jnp.dtype(value)
-  except TypeError as e:
-    raise ValueError(f"{where}: state_dtype must be a floating dtype or None, got {value!r}") from e
+  if _quantize.is_int8(value):
+    dtype: Any = value
+  else:
+    try:
+      dtype = jnp.dtype(value)
+    except TypeError as e:
+      raise ValueError(f"{where}: state_dtype must be a floating dtype, 'int8' or None, got "
+                       f"{value!r}") from e
+  if _quantize.is_int8(dtype) or dtype == jnp.int8:
+    if not int8:
+      raise ValueError(f"{where}: state_dtype='int8' (quantized state) is not supported by "
+                       f"{where}; use a floating dtype or None")
+    return _quantize.INT8
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"{where}: state_dtype must be a floating dtype or None, got {dtype}")
+    raise ValueError(f"{where}: state_dtype must be a floating dtype, 'int8' or None, got "
+                     f"{dtype}")
   return dtype
 
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradxform import _quantize
+
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -30,13 +32,23 @@ def safe_increment(count: jax.Array) -> jax.Array:
 
 
 def compute_dtype(*xs: Any) -> Any:
-  """The dtype arithmetic on these arrays happens in: their promotion, at least float32."""
-  return jnp.result_type(jnp.float32, *[x.dtype for x in xs])
+  """The dtype arithmetic on these arrays happens in: their promotion, at least float32 (a
+  quantized int8 state leaf counts as float32)."""
+  return jnp.result_type(jnp.float32, *[x.dtype for x in xs if not _quantize.is_quantized(x)])
 
 
-def cast(x: jax.Array, dtype: Any) -> jax.Array:
+def cast(x: Any, dtype: Any) -> Any:
   """`x` in `dtype`, adding no traced operation when it already is one (on trees of thousands
-  of leaves every no-op conversion is tracing time)."""
+  of leaves every no-op conversion is tracing time).
+
+  The int8 state (`state_dtype="int8"`) goes through here too: a `QuantizedArray` cast to a
+  float dtype is dequantized, and a float array cast to the `INT8` marker (a quantized leaf's
+  `dtype`) is quantized, see `gradxform._quantize`.
+  """
+  if _quantize.is_quantized(x):
+    return x if _quantize.is_int8(dtype) else _quantize.dequantize(x, dtype)
+  if _quantize.is_int8(dtype):
+    return _quantize.quantize(x)
   return x if x.dtype == dtype else x.astype(dtype)
 
 
@@ -92,7 +104,7 @@ def _is_number(x: Any) -> bool:
 
 def cast_like(tree: Any, like: Any) -> Any:
   """Casts each leaf of `tree` to the dtype of the matching leaf of `like`."""
-  return jax.tree.map(lambda x, y: cast(x, y.dtype), tree, like)
+  return jax.tree.map(lambda x, y: cast(x, y.dtype), tree, like, is_leaf=_quantize.is_quantized)
 
 
 def state_zeros(params: Any, state_dtype: Any = None) -> Any:
@@ -100,7 +112,11 @@ def state_zeros(params: Any, state_dtype: Any = None) -> Any:
 
   Built with `zeros_like`, so each leaf carries its parameter's sharding (eagerly, and under
   `jax.jit` on a mesh with explicit axes): the state of sharded parameters is sharded alike.
+  With the `INT8` marker (`state_dtype="int8"`), a `QuantizedArray` per leaf of at least
+  `_quantize.MIN_QUANTIZED_SIZE` entries and float32 zeros for smaller leaves.
   """
+  if _quantize.is_int8(state_dtype):
+    return jax.tree.map(_quantize.zeros_like, params)
   _floating_params(params, state_dtype)
   return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=state_dtype or jnp.result_type(p)),
                       params)
@@ -108,6 +124,8 @@ def state_zeros(params: Any, state_dtype: Any = None) -> Any:
 
 def state_full(params: Any, value: float, state_dtype: Any = None) -> Any:
   """`value` everywhere, shaped like `params`, in `state_dtype` or each parameter's dtype."""
+  if _quantize.is_int8(state_dtype):
+    return jax.tree.map(lambda p: _quantize.full_like(p, value), params)
   _floating_params(params, state_dtype)
   return jax.tree.map(
       lambda p: jnp.full_like(p, value, dtype=state_dtype or jnp.result_type(p)), params)

@@ -7,11 +7,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gradxform._quantize import is_quantized
+
 _MAX_LISTED = 5
 
 
+def _leaf(x: Any) -> bool:
+  """Leaves of state trees: None, and a quantized int8 state leaf (a pytree of two arrays)."""
+  return x is None or is_quantized(x)
+
+
 def _paths(tree: Any) -> list[str]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_leaf)[0]
   return [jax.tree_util.keystr(p) for p, _ in leaves]
 
 
@@ -24,7 +31,8 @@ def _listing(paths: list[str]) -> str:
 def check_same_structure(name: str, expected: Any, got: Any, expected_what: str = "state",
                          got_what: str = "updates") -> None:
   """Raises ValueError naming the first differing paths when two trees differ in structure."""
-  if jax.tree.structure(expected) == jax.tree.structure(got):
+  if (jax.tree.structure(expected, is_leaf=is_quantized)
+      == jax.tree.structure(got, is_leaf=is_quantized)):
     return
   exp, have = _paths(expected), _paths(got)
   missing = [p for p in exp if p not in set(have)]
@@ -52,12 +60,13 @@ def _raise_mismatch(name: str, missing: list[str], unexpected: list[str],
 def check_shapes(name: str, expected: Any, got: Any, expected_what: str = "state",
                  got_what: str = "updates") -> None:
   """Raises ValueError naming the first leaf whose shape differs (structures must agree)."""
-  flat_e = jax.tree_util.tree_flatten_with_path(expected)[0]
-  flat_g = jax.tree.leaves(got)
+  flat_e = jax.tree_util.tree_flatten_with_path(expected, is_leaf=is_quantized)[0]
+  flat_g = jax.tree.leaves(got, is_leaf=is_quantized)
+  shape = lambda x: x.shape if is_quantized(x) else jnp.shape(x)
   for (path, e), g in zip(flat_e, flat_g):
-    if jnp.shape(e) != jnp.shape(g):
+    if shape(e) != shape(g):
       raise ValueError(f"{name}: shape mismatch at {jax.tree_util.keystr(path) or '<root>'}: "
-                       f"{expected_what} has {jnp.shape(e)}, {got_what} has {jnp.shape(g)}.")
+                       f"{expected_what} has {shape(e)}, {got_what} has {shape(g)}.")
 
 
 def check_floating(name: str, tree: Any, what: str = "updates") -> None:

@@ -84,6 +84,20 @@ def _run(tx: Any, params: Any, grads: Any, steps: int, needs_params: bool, extra
   return outs, states
 
 
+class _SharedJit:
+  """One `jax.jit(tx.update)` that `check_transform` hands to every check, so the update is
+  compiled once instead of once per check; it counts its traces (`check_state_stable`)."""
+
+  def __init__(self, tx: Any):
+    self.traces = 0
+
+    def counted(*args, **kwargs):
+      self.traces += 1
+      return tx.update(*args, **kwargs)
+
+    self.update = jax.jit(counted)
+
+
 def check_init_pure(tx: Any, params: Any) -> None:
   """`init` does not modify params and returns equal states (twice, and under jit)."""
   name = "check_init_pure"
@@ -101,13 +115,14 @@ def check_init_pure(tx: Any, params: Any) -> None:
 
 def check_jit(tx: Any, params: Any, grads: Any = None, *, needs_params: bool = False,
               extra: dict | None = None, steps: int = 3, rtol: float = 1e-6,
-              atol: float = 1e-6) -> None:
+              atol: float = 1e-6, _jit: _SharedJit | None = None) -> None:
   """`steps` steps with and without `jax.jit` give the same updates and states."""
   name = "check_jit"
   grads = default_grads(params) if grads is None else grads
   extra = extra or {}
   plain_u, plain_s = _run(tx, params, grads, steps, needs_params, extra)
-  jit_u, jit_s = _run(tx, params, grads, steps, needs_params, extra, jax.jit(tx.update))
+  jitted = _jit.update if _jit is not None else jax.jit(tx.update)
+  jit_u, jit_s = _run(tx, params, grads, steps, needs_params, extra, jitted)
   for i in range(steps):
     _assert_close(name, f"updates of step {i + 1} (jit vs no jit)", plain_u[i], jit_u[i],
                   rtol, atol)
@@ -132,19 +147,15 @@ def _check_layout(name: str, reference: Any, got: Any, structure_msg: str, leaf_
 
 
 def check_state_stable(tx: Any, params: Any, grads: Any = None, *, needs_params: bool = False,
-                       extra: dict | None = None, steps: int = 3) -> None:
+                       extra: dict | None = None, steps: int = 3,
+                       _jit: _SharedJit | None = None) -> None:
   """State structure/shapes/dtypes fixed across steps; updates keep grads' shapes/dtypes."""
   name = "check_state_stable"
   grads = default_grads(params) if grads is None else grads
   extra = extra or {}
   init_state = tx.init(params)
-  traces = []
-
-  def counted(*args, **kwargs):
-    traces.append(1)
-    return tx.update(*args, **kwargs)
-
-  outs, states = _run(tx, params, grads, steps, needs_params, extra, jax.jit(counted))
+  shared = _jit if _jit is not None else _SharedJit(tx)
+  outs, states = _run(tx, params, grads, steps, needs_params, extra, shared.update)
   for i, (u, s) in enumerate(zip(outs, states)):
     step = i + 1
     _check_layout(name, init_state, s,
@@ -153,18 +164,20 @@ def check_state_stable(tx: Any, params: Any, grads: Any = None, *, needs_params:
     _check_layout(name, grads, u,
                   "the updates' tree structure differs from the gradients': {error}",
                   f"update leaf {{path}} is {{got}}, the gradient is {{ref}} (step {step}).")
-  if len(traces) > 1:
-    _fail(name, f"the jitted update was traced {len(traces)} times in {steps} steps: the state "
+  if shared.traces > 1:
+    _fail(name, f"the jitted update was traced {shared.traces} times in {steps} steps: the state "
           "it returns differs in type from the state it got (e.g. weak types or Python "
           "scalars in the state), so every step recompiles.")
 
 
 def check_zero_grads(tx: Any, params: Any, *, needs_params: bool = False,
-                     extra: dict | None = None, steps: int = 2) -> None:
+                     extra: dict | None = None, steps: int = 2,
+                     _jit: _SharedJit | None = None) -> None:
   """Zero gradients give finite updates and state (no 0/0)."""
   name = "check_zero_grads"
   zeros = jax.tree.map(jnp.zeros_like, params)
-  outs, states = _run(tx, params, zeros, steps, needs_params, extra or {})
+  outs, states = _run(tx, params, zeros, steps, needs_params, extra or {},
+                      _jit.update if _jit is not None else None)
   for i, (u, s) in enumerate(zip(outs, states)):
     for what, tree in (("update", u), ("state", s)):
       for path, x in _leaves_with_paths(tree):
@@ -184,7 +197,7 @@ def _index(tree: Any, i: int) -> Any:
 
 def _check_mapped(name: str, mapper: Callable[[Callable], Callable], n: int, tx: Any,
                   params: Any, grads: Any, needs_params: bool, extra: dict, steps: int,
-                  rtol: float, atol: float) -> None:
+                  rtol: float, atol: float, shared: _SharedJit | None = None) -> None:
   grads = default_grads(params) if grads is None else grads
   bparams, bgrads = _batched(params, n), _batched(grads, n)
   try:
@@ -196,7 +209,9 @@ def _check_mapped(name: str, mapper: Callable[[Callable], Callable], n: int, tx:
     raise
   except Exception as e:  # noqa: BLE001 - report any failure under the transformation
     _fail(name, f"the transform failed under the mapping: {type(e).__name__}: {e}")
-  ref_update = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))  # jit vs eager: check_jit
+  # the un-mapped reference runs jitted (jit against eager is check_jit's business)
+  jitted = shared.update if shared is not None else jax.jit(tx.update)
+  ref_update = lambda g, s, p: jitted(g, s, p, **extra)  # noqa: E731
   for i in range(n):
     ref_u, ref_s = _run(tx, _index(bparams, i), _index(bgrads, i), steps, needs_params, {},
                         ref_update)
@@ -209,19 +224,19 @@ def _check_mapped(name: str, mapper: Callable[[Callable], Callable], n: int, tx:
 
 def check_vmap(tx: Any, params: Any, grads: Any = None, *, needs_params: bool = False,
                extra: dict | None = None, steps: int = 2, batch: int = 2, rtol: float = 1e-5,
-               atol: float = 1e-6) -> None:
+               atol: float = 1e-6, _jit: _SharedJit | None = None) -> None:
   """Under `jax.vmap` over `batch` parameter sets, each member equals its own un-mapped run."""
   _check_mapped("check_vmap", jax.vmap, batch, tx, params, grads, needs_params, extra or {},
-                steps, rtol, atol)
+                steps, rtol, atol, _jit)
 
 
 def check_pmap(tx: Any, params: Any, grads: Any = None, *, needs_params: bool = False,
                extra: dict | None = None, steps: int = 2, rtol: float = 1e-5,
-               atol: float = 1e-6) -> None:
+               atol: float = 1e-6, _jit: _SharedJit | None = None) -> None:
   """Under `jax.pmap` over (up to 2) local devices, each replica equals its un-mapped run."""
   n = min(2, jax.local_device_count())
   _check_mapped("check_pmap", jax.pmap, n, tx, params, grads, needs_params, extra or {},
-                steps, rtol, atol)
+                steps, rtol, atol, _jit)
 
 
 def check_transform(tx: Any, params: Any, grads: Any = None, *, needs_params: bool = False,
@@ -237,10 +252,12 @@ def check_transform(tx: Any, params: Any, grads: Any = None, *, needs_params: bo
     steps: steps per check.
     pmap: include `check_pmap`.
   """
+  shared = _SharedJit(tx)          # one compile of the update for every check below
   check_init_pure(tx, params)
-  check_jit(tx, params, grads, needs_params=needs_params, extra=extra, steps=steps)
-  check_state_stable(tx, params, grads, needs_params=needs_params, extra=extra, steps=steps)
-  check_zero_grads(tx, params, needs_params=needs_params, extra=extra)
-  check_vmap(tx, params, grads, needs_params=needs_params, extra=extra)
+  check_jit(tx, params, grads, needs_params=needs_params, extra=extra, steps=steps, _jit=shared)
+  check_state_stable(tx, params, grads, needs_params=needs_params, extra=extra, steps=steps,
+                     _jit=shared)
+  check_zero_grads(tx, params, needs_params=needs_params, extra=extra, _jit=shared)
+  check_vmap(tx, params, grads, needs_params=needs_params, extra=extra, _jit=shared)
   if pmap:
-    check_pmap(tx, params, grads, needs_params=needs_params, extra=extra)
+    check_pmap(tx, params, grads, needs_params=needs_params, extra=extra, _jit=shared)

@@ -93,7 +93,7 @@ def asgd_averaging(t0: float = 1e6, *, state_dtype: Any = None) -> GradientTrans
     Control Optim. 1992; torch.optim.ASGD.
   """
   t0 = _check.real("asgd_averaging", "t0", t0, ge=0.0)
-  state_dtype = _check.state_dtype("asgd_averaging", state_dtype)
+  state_dtype = _check.state_dtype("asgd_averaging", state_dtype, int8=False)
 
   def rate(num_averaged: jax.Array) -> jax.Array:
     k = num_averaged.astype(_numerics.scalar_dtype())       # k = t − 1

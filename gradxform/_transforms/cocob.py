@@ -53,7 +53,7 @@ def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8, *,
   where = "scale_by_cocob"
   alpha = _check.non_negative(where, "alpha", alpha)
   eps = _check.positive(where, "eps", eps)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
 
   def init(params):
     zeros = _numerics.state_zeros(params, state_dtype)

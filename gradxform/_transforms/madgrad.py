@@ -57,7 +57,7 @@ def scale_by_madgrad(learning_rate: ScalarOrSchedule, momentum: float = 0.9, eps
   learning_rate = _check.learning_rate(where, learning_rate)
   momentum = _check.unit_interval(where, "momentum", momentum)
   eps = _check.non_negative(where, "eps", eps)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
 
   def init(params):
     return MadgradState(count=_numerics.zero_count(),

@@ -91,7 +91,7 @@ def scale_by_momo(learning_rate: ScalarOrSchedule = 1.0, beta: float = 0.9,
   where = "scale_by_momo"
   _check_common(where, learning_rate, lower_bound, weight_decay)
   beta = _check.unit_interval(where, "beta", beta)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
 
   def init(params):
     barf, gamma, lb = _scalars(params, lower_bound)
@@ -174,7 +174,7 @@ def scale_by_momo_adam(learning_rate: ScalarOrSchedule = 1e-2, b1: float = 0.9,
   b1 = _check.unit_interval(where, "b1", b1)
   b2 = _check.unit_interval(where, "b2", b2)
   eps = _check.non_negative(where, "eps", eps)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
 
   def init(params):
     barf, gamma, lb = _scalars(params, lower_bound)

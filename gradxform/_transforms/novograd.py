@@ -62,7 +62,7 @@ def scale_by_novograd(b1: float = 0.9, b2: float = 0.25, eps: float = 1e-8,
   eps = _check.non_negative(where, "eps", eps)
   eps_root = _check.non_negative(where, "eps_root", eps_root)
   weight_decay = _check.non_negative_or_schedule(where, "weight_decay", weight_decay)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
   no_decay = _is_zero(weight_decay)
 
   def init(params):

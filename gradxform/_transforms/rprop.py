@@ -87,7 +87,7 @@ def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float
   where = "scale_by_rprop"
   learning_rate, eta_minus, eta_plus, min_step_size, max_step_size = check_rprop(
       where, learning_rate, eta_minus, eta_plus, min_step_size, max_step_size)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
 
   def init(params):
     zeros = _numerics.state_zeros(params, state_dtype)

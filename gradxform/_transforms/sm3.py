@@ -68,7 +68,7 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8, *,
   b1 = _check.unit_interval(where, "b1", b1)
   b2 = _check.unit_interval(where, "b2", b2, closed=True)
   eps = _check.non_negative(where, "eps", eps)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
   if isinstance(b2, float):
     new_weight: Any = 1.0 if b2 == 1.0 else 1.0 - b2
   else:

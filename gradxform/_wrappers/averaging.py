@@ -77,7 +77,7 @@ def ema_params(decay: float, *, state_dtype: Any = None) -> GradientTransformati
   """
   where = "ema_params"
   decay = _check.unit_interval(where, "decay", decay)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
   return _averaging(where, lambda count: 1.0 - decay, state_dtype)
 
 
@@ -108,7 +108,7 @@ def polyak_params(*, state_dtype: Any = None) -> GradientTransformation:
     Control Optim. 1992. Ruppert, "Efficient estimations from a slowly convergent
     Robbins-Monro process", 1988.
   """
-  state_dtype = _check.state_dtype("polyak_params", state_dtype)
+  state_dtype = _check.state_dtype("polyak_params", state_dtype, int8=False)
   return _averaging("polyak_params",
                     lambda count: 1.0 / (count + 1).astype(_numerics.scalar_dtype()),
                     state_dtype)

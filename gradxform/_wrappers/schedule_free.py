@@ -92,7 +92,7 @@ def schedule_free(base_optimizer: GradientTransformation, learning_rate: ScalarO
   b1 = _check.unit_interval(where, "b1", b1, closed=True)
   b1 = _check.positive(where, "b1", b1)
   weight_lr_power = _check.non_negative(where, "weight_lr_power", weight_lr_power)
-  state_dtype = _check.state_dtype(where, state_dtype)
+  state_dtype = _check.state_dtype(where, state_dtype, int8=False)
 
   def init(params):
     if state_dtype is None:
