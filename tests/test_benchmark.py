@@ -83,3 +83,26 @@ def test_search_mlp_bound_quick():
   (row,) = module.main(["--quick", "--population", "64", "--repeats", "1"])
   assert row["params"] == 64 * 8 + 8 + 8 * 10 + 10 and (row["hidden"], row["samples"]) == (8, 16)
   assert all(math.isfinite(v) and v > 0 for v in row.values())
+
+
+def test_torch_column_is_gradxform_over_torch(bench):
+  """`--torch-python` rows: the table's `step gx/torch` is gx's step over torch's (2 / 4 ms)."""
+  def row(lib, step_s, compile_s=1.0):
+    return {"lib": lib, "tree": "t", "optimizer": "adam", "leaves": 1, "params": 10,
+            "step_s": step_s, "total_compile_s": compile_s, "achieved_bytes_per_s": 1.0,
+            "state_bytes_per_param": 8.0, "kernels": 3}
+  rows = [row("gx", 2e-3), row("optax", 3e-3, 2.0), row("torch_fused", 4e-3, 0.0)]
+  head, _, line = bench.markdown(rows, 1.0, "numpy_triad").splitlines()
+  cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in line.split("|")]))
+  assert cells["step gx/torch"] == "0.50" and cells["step gx/optax"] == "0.67"
+  assert cells["torch_fused step ms"] == "4.000" and "torch_fused compile s" not in cells
+  assert cells["compile optax/gx"] == "2.00" and cells["kernels gx/optax"] == "3 / 3"
+
+
+def test_torch_step_failure_stops_with_its_message(bench, tmp_path):
+  """A torch interpreter that fails (here a stand-in script) stops the run with its stderr."""
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+  fake.chmod(0o755)
+  with pytest.raises(SystemExit, match=r"(?s)torch_step\.py failed under .*python:.*'torch'"):
+    bench.bench_torch(str(fake), "adam", "t", [("w", (4,))], reps=1, warmup=0, seed=0)

@@ -51,6 +51,27 @@ def test_maps_match_the_paper(signed):
   assert len(set(ours.tolist())) == 256
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_rounding_is_to_the_nearest_code(signed):
+  """The table lookup equals NumPy's count of midpoints below, on every midpoint, its float32
+  neighbours, the map's values, 0, ±1, subnormals and a log-uniform spread; and that code's
+  value is a nearest one (float64 brute force, ties within a float32 ulp)."""
+  table = _quantize.SIGNED_MAP if signed else _quantize.UNSIGNED_MAP
+  mids = ((table[1:].astype(np.float64) + table[:-1]) / 2).astype(np.float32)
+  rng = np.random.default_rng(0)
+  spread = np.exp(rng.uniform(-45.0, 0.0, 20_000))
+  x = np.concatenate([mids, np.nextafter(mids, np.float32(2)), np.nextafter(mids, np.float32(-2)),
+                      table, [0.0, 1.0, 1e-45, 1e-40, 1.2e-38], spread, rng.uniform(0, 1, 20_000)])
+  if signed:
+    x = np.concatenate([x, -x])
+  x = np.clip(x, -1.0 if signed else 0.0, 1.0).astype(np.float32)
+  got = np.asarray(_quantize._nearest_code(jnp.asarray(x), jnp.asarray(signed)))
+  np.testing.assert_array_equal(got, np.searchsorted(mids, x))
+  dist = np.abs(table.astype(np.float64)[None, :] - x.astype(np.float64)[:, None])
+  chosen = dist[np.arange(x.size), got]
+  assert np.all(chosen <= dist.min(axis=1) + np.spacing(np.abs(x)).astype(np.float64))
+
+
 def _blockwise(x):
   flat = np.asarray(x, np.float64).ravel()
   nb = -(-flat.size // BLOCK)

@@ -16,15 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
-
-STEPS = 30
-RTOL = 1e-7
-MASK = {"w": True, "v": False, "s": True}
-NO_SCALAR = {"w": True, "v": True}
+from closed_loop import MASK
 
 
 def _schedule(count):
@@ -92,54 +88,11 @@ IDS = [f"{name}-{i}" for name, cases in CASES.items() for i in range(len(cases))
 FLAT = [(name, pair) for name, cases in CASES.items() for pair in cases]
 
 
-def _problem(keys):
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
-  rng = np.random.default_rng(16)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items() if k in keys} for i in range(3))
-
-
-def _grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
-
-
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters after every step."""
-  ours, theirs = pair[0](), pair[1]()
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
-    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    return ((p1, s1), (p2, s2)), (p1, p2)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
-
-
 @pytest.mark.parametrize("name,pair", FLAT, ids=IDS)
 def test_equals_optax_float64_every_step(name, pair):
   keys = ("w", "v") if "sm3" in name else ("w", "v", "s")
-  with jax.enable_x64(True):
-    theta0, a, c = _problem(keys)
-    ours, theirs = jax.device_get(_both(theta0, a, c, pair))
-  for key in theta0:
-    assert ours[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"leaf {key}, step {t + 1}")
+  theta0, (ours, theirs) = cl.closed_loop(pair, keys=keys)
+  cl.assert_trajectories_close(theta0, ours, theirs)
 
 
 # --- the contract ------------------------------------------------------------------------
@@ -159,35 +112,15 @@ PRIMITIVES = {
 STATEFUL = {"lamb", "lars", "novograd", "sm3", "scale_by_novograd", "scale_by_sm3"}
 
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
-
-
-def _grads(k=0):
-  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-
-
-def _run(tx, params, steps=3):
-  state = tx.init(params)
-  outs = []
-  for k in range(steps):
-    grads = {key: g for key, g in _grads(k).items() if key in params}
-    u, state = tx.update(grads, state, params)
-    outs.append(u)
-  return outs, state
-
-
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_check_transform(name):
   factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  gxt.check_transform(factory(), _params(), needs_params=True)
+  gxt.check_transform(factory(), cl.params(), needs_params=True)
   if name in STATEFUL:                      # moments in bfloat16 for float32 parameters
     tx = factory(state_dtype=jnp.bfloat16)
     if name in PRIMITIVES:                  # the optimizers pass state_dtype on to these
-      gxt.check_transform(tx, _params(), needs_params=True, pmap=False)
-    outs, state = _run(tx, _params(), steps=2)
+      gxt.check_transform(tx, cl.params(), needs_params=True, pmap=False)
+    outs, state, _ = cl.run(tx, cl.params(), steps=2)
     assert {x.dtype for x in jax.tree.leaves(state) if x.ndim > 0} == {jnp.dtype(jnp.bfloat16)}
     assert all(u.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(u)))
                for u in jax.tree.leaves(outs))
@@ -207,17 +140,7 @@ INJECTED = {
 
 @pytest.mark.parametrize("name", list(INJECTED))
 def test_inject_hyperparams_equals_plain_and_injects(name):
-  factory, kwargs = getattr(gx, name), INJECTED[name]
-  injected = gx.inject_hyperparams(factory)(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(kwargs)
-  plain_out, _ = _run(factory(**kwargs), _params())
-  injected_out, _ = _run(injected, _params())
-  for p, q in zip(plain_out, injected_out):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
-  new_state = injected.init(_params())._replace(
-      hyperparams={**injected.init(_params()).hyperparams, "learning_rate": jnp.asarray(0.0)})
-  u, _ = injected.update(_grads(), new_state, _params())     # η injected as 0: no step
-  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+  cl.assert_inject_equals_plain(getattr(gx, name), INJECTED[name])
 
 
 @pytest.mark.parametrize("name,kwargs", [
@@ -228,34 +151,19 @@ def test_inject_hyperparams_equals_plain_and_injects(name):
 ])
 def test_inject_hyperparams_into_primitives(name, kwargs):
   factory = getattr(gx, name)
-  plain_out, _ = _run(factory(**kwargs), _params())
-  injected_out, _ = _run(gx.inject_hyperparams(factory)(**kwargs), _params())
-  for p, q in zip(plain_out, injected_out):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
+  plain_out = cl.run(factory(**kwargs), cl.params())[0]
+  injected_out = cl.run(gx.inject_hyperparams(factory)(**kwargs), cl.params())[0]
+  cl.assert_steps_close(plain_out, injected_out)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_masked_and_partition_equal_the_optimizer_on_its_leaves(name):
-  opt = OPTIMIZERS[name]()
-  params = _params()
-  alone, _ = _run(opt, {"w": params["w"], "s": params["s"]})
-  masked, _ = _run(gx.masked(opt, {"w": True, "b": False, "s": True}), params)
-  grouped, _ = _run(gx.partition({"opt": opt, "sgd": gx.sgd(0.1)},
-                                 {"w": "opt", "b": "sgd", "s": "opt"}), params)
-  for k in range(3):
-    for key in ("w", "s"):
-      np.testing.assert_allclose(masked[k][key], alone[k][key], rtol=1e-6)
-      np.testing.assert_allclose(grouped[k][key], alone[k][key], rtol=1e-6)
-    np.testing.assert_array_equal(masked[k]["b"], _grads(k)["b"])   # passed through
-    np.testing.assert_allclose(grouped[k]["b"], -0.1 * _grads(k)["b"], rtol=1e-6)
+  cl.assert_masked_and_partition_match(OPTIMIZERS[name]())
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_equal_by_value(name):
-  factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  assert factory() == factory() and hash(factory()) == hash(factory())
-  if name in STATEFUL:
-    assert factory() != factory(state_dtype=jnp.bfloat16)
+  cl.assert_equal_by_value({**OPTIMIZERS, **PRIMITIVES}[name], state_dtype=name in STATEFUL)
 
 
 def test_different_hyperparameters_differ():
@@ -313,9 +221,9 @@ def test_params_are_required_where_the_rule_reads_them():
   for tx in (gx.scale_by_trust_ratio(), gx.lamb(0.1), gx.lars(0.1), gx.fromage(0.1),
              gx.scale_by_novograd(weight_decay=0.1)):
     with pytest.raises(ValueError, match="needs the current parameters"):
-      tx.update(_grads(), tx.init(_params()))
+      tx.update(cl.grads(), tx.init(cl.params()))
   tx = gx.novograd(0.1)                     # no decay: the parameters are not read
-  u, _ = tx.update(_grads(), tx.init(_params()))
+  u, _ = tx.update(cl.grads(), tx.init(cl.params()))
   assert set(u) == {"w", "b", "s"}
 
 
@@ -332,26 +240,8 @@ CHECKPOINTED = {
 
 @pytest.mark.parametrize("name", list(CHECKPOINTED))
 def test_flax_serialization_round_trip_and_exact_resume(name):
-  make, n, k = CHECKPOINTED[name], 5, 2
-
-  def train(tx, state, params, start, stop):
-    for i in range(start, stop):
-      u, state = tx.update(_grads(i), state, params)
-      params = gx.apply_updates(params, u)
-    return params, state
-
-  full_params, full_state = train(make(), make().init(_params()), _params(), 0, n)
-  tx = make()
-  params, state = train(tx, tx.init(_params()), _params(), 0, k)
-  blob = serialization.to_bytes({"params": params, "opt": state})
-  fresh = make()                                        # a new optimizer, as after a restart
-  restored = serialization.from_bytes({"params": _params(), "opt": fresh.init(_params())}, blob)
-  params, state = train(fresh, restored["opt"], restored["params"], k, n)
-  for a, b in ((full_params, params), (full_state, state)):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-      assert np.asarray(x).dtype == np.asarray(y).dtype
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  run = cl.checkpoint_round_trip(CHECKPOINTED[name], cl.params())
+  cl.assert_identical(run.full[:2], run.resumed[:2])
 
 
 # --- hand-derived values and conventions -------------------------------------------------

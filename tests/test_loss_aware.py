@@ -10,6 +10,7 @@ must agree to 1e-7 relative after every step. Then the contract: `gradxform.test
 wrappers, equality by value, validation, a missing `value=`, a checkpoint round trip.
 """
 
+import functools
 import re
 
 import jax
@@ -18,14 +19,10 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
-
-STEPS = 30
-RTOL = 1e-7
-
 
 
 def _decay(count):
@@ -59,57 +56,16 @@ IDS = [f"{name}-{i}" for name, cases in CASES.items() for i in range(len(cases))
 FLAT = [pair for cases in CASES.values() for pair in cases]
 
 
-def _problem():
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ (1 + sin θ)` (float64)."""
-  rng = np.random.default_rng(1616)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
-
-
 def _loss(theta, a, c):
+  """`f(θ) = Σ ½ a (θ − c)² + 0.3 Σ (1 + sin θ)`: positive, as the Polyak step wants."""
   return sum(jnp.sum(0.5 * a[k] * (theta[k] - c[k]) ** 2 + 0.3 * (1.0 + jnp.sin(theta[k])))
              for k in theta)
 
 
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters after every step."""
-  ours, theirs = pair[0](), pair[1]()
-  value_and_grad = jax.value_and_grad(_loss)
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    f1, g1 = value_and_grad(p1, a, c)
-    f2, g2 = value_and_grad(p2, a, c)
-    u1, s1 = ours.update(g1, s1, p1, value=f1)
-    u2, s2 = theirs.update(g2, s2, p2, value=f2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    return ((p1, s1), (p2, s2)), (p1, p2)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
-
-
 @pytest.mark.parametrize("pair", FLAT, ids=IDS)
 def test_equals_optax_float64_every_step(pair):
-  with jax.enable_x64(True):
-    theta0, a, c = _problem()
-    ours, theirs = jax.device_get(_both(theta0, a, c, pair))
-  for key in theta0:
-    assert ours[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"leaf {key}, step {t + 1}")
+  theta0, (ours, theirs) = cl.closed_loop(pair, seed=1616, loss=_loss)
+  cl.assert_trajectories_close(theta0, ours, theirs)
 
 
 def test_polyak_first_step_by_hand():
@@ -156,35 +112,23 @@ BF16 = {"momo", "momo_adam"}               # the primitives' moments are these o
 EXTRA = {"value": jnp.float32(2.0)}
 
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
+def _value(k):
+  """The loss passed with step `k` of the runs on the small tree."""
+  return jnp.float32(2.0 / (1 + k))
 
 
-def _grads(k=0):
-  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-
-
-def _run(tx, params, steps=3):
-  state = tx.init(params)
-  outs = []
-  for k in range(steps):
-    grads = {key: g for key, g in _grads(k).items() if key in params}
-    u, state = tx.update(grads, state, params, value=jnp.float32(2.0 / (1 + k)))
-    outs.append(u)
-  return outs, state
+_run = functools.partial(cl.run, value=_value)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_check_transform(name):
   factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  gxt.check_transform(factory(), _params(), needs_params=True, extra=EXTRA,
+  gxt.check_transform(factory(), cl.params(), needs_params=True, extra=EXTRA,
                       pmap=name in OPTIMIZERS)
   if name in BF16:                          # moments in bfloat16 for float32 parameters
     tx = factory(state_dtype=jnp.bfloat16)
-    gxt.check_transform(tx, _params(), needs_params=True, extra=EXTRA, pmap=False)
-    state = tx.init(_params())
+    gxt.check_transform(tx, cl.params(), needs_params=True, extra=EXTRA, pmap=False)
+    state = tx.init(cl.params())
     moments = [x for x in jax.tree.leaves(state) if x.ndim > 0]
     assert {x.dtype for x in moments} == {jnp.dtype(jnp.bfloat16)}
 
@@ -194,14 +138,14 @@ def test_missing_value_raises_naming_it(name):
   tx = {**OPTIMIZERS, **PRIMITIVES}[name]()
   with pytest.raises(ValueError, match=r"needs the loss: call update\(grads, state, params, "
                      r"value=loss\)"):
-    tx.update(_grads(), tx.init(_params()), _params())
+    tx.update(cl.grads(), tx.init(cl.params()), cl.params())
 
 
 @pytest.mark.parametrize("name", ["momo", "momo_adam"])
 def test_missing_params_raise(name):
   tx = OPTIMIZERS[name]()
   with pytest.raises(ValueError, match="needs the current parameters"):
-    tx.update(_grads(), tx.init(_params()), None, value=1.0)
+    tx.update(cl.grads(), tx.init(cl.params()), None, value=1.0)
 
 
 INJECTED = {
@@ -215,41 +159,19 @@ INJECTED = {
 
 @pytest.mark.parametrize("name", list(INJECTED))
 def test_inject_hyperparams_equals_plain_and_injects(name):
-  factory, (kwargs, rate) = getattr(gx, name), INJECTED[name]
-  injected = gx.inject_hyperparams(factory)(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(kwargs)
-  plain_out, _ = _run(factory(**kwargs), _params())
-  injected_out, _ = _run(injected, _params())
-  for p, q in zip(plain_out, injected_out):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
-  state = injected.init(_params())
-  state = state._replace(hyperparams={**state.hyperparams, rate: jnp.asarray(0.0)})
-  u, _ = injected.update(_grads(), state, _params(), value=1.0)     # rate 0: no step
-  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+  kwargs, rate = INJECTED[name]
+  cl.assert_inject_equals_plain(getattr(gx, name), kwargs, rate=rate, run_fn=_run,
+                                zero_value=1.0)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_masked_and_partition_equal_the_optimizer_on_its_leaves(name):
-  opt = OPTIMIZERS[name]()
-  params = _params()
-  alone, _ = _run(opt, {"w": params["w"], "s": params["s"]})
-  masked, _ = _run(gx.masked(opt, {"w": True, "b": False, "s": True}), params)
-  grouped, _ = _run(gx.partition({"opt": opt, "sgd": gx.sgd(0.1)},
-                                 {"w": "opt", "b": "sgd", "s": "opt"}), params)
-  for k in range(3):
-    for key in ("w", "s"):
-      np.testing.assert_allclose(masked[k][key], alone[k][key], rtol=1e-6)
-      np.testing.assert_allclose(grouped[k][key], alone[k][key], rtol=1e-6)
-    np.testing.assert_array_equal(masked[k]["b"], _grads(k)["b"])   # passed through
-    np.testing.assert_allclose(grouped[k]["b"], -0.1 * _grads(k)["b"], rtol=1e-6)
+  cl.assert_masked_and_partition_match(OPTIMIZERS[name](), run_fn=_run)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_equal_by_value(name):
-  factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  assert factory() == factory() and hash(factory()) == hash(factory())
-  if name in STATEFUL:
-    assert factory() != factory(state_dtype=jnp.bfloat16)
+  cl.assert_equal_by_value({**OPTIMIZERS, **PRIMITIVES}[name], state_dtype=name in STATEFUL)
 
 
 def test_different_hyperparameters_differ():
@@ -287,22 +209,6 @@ def test_bad_hyperparameters_raise_naming_them(call, message):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_checkpoint_round_trip_and_exact_resume(name):
-  make = OPTIMIZERS[name]
-  params0 = _params()
-
-  def train(tx, state, params, start, stop):
-    for i in range(start, stop):
-      u, state = tx.update(_grads(i), state, params, value=jnp.float32(3.0 / (1 + i)))
-      params = gx.apply_updates(params, u)
-    return params, state
-
-  full_params, full_state = train(make(), make().init(params0), params0, 0, 5)
-  tx = make()
-  params, state = train(tx, tx.init(params0), params0, 0, 2)
-  blob = serialization.to_bytes({"params": params, "opt": state})
-  fresh = make()
-  restored = serialization.from_bytes({"params": params0, "opt": fresh.init(params0)}, blob)
-  params, state = train(fresh, restored["opt"], restored["params"], 2, 5)
-  for x, y in zip(jax.tree.leaves((full_params, full_state)), jax.tree.leaves((params, state))):
-    assert np.asarray(x).dtype == np.asarray(y).dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  run = cl.checkpoint_round_trip(OPTIMIZERS[name], cl.params(),
+                                 value=lambda i: jnp.float32(3.0 / (1 + i)))
+  cl.assert_identical(run.full[:2], run.resumed[:2])

@@ -9,6 +9,7 @@ step. Then the contract, the wrappers (against Optax), equality by value, valida
 checkpoint round trip.
 """
 
+import functools
 import re
 
 import jax
@@ -16,13 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
+from closed_loop import RTOL
 
-STEPS = 30
-RTOL = 1e-7
 C = optax.contrib
 
 
@@ -48,56 +48,18 @@ CASES = {
 }
 
 
-def _problem():
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
-  rng = np.random.default_rng(181)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
-
-
-def _grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
-
-
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters and d after every step."""
-  ours, theirs = pair[0](), pair[1]()
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
-    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    return ((p1, s1), (p2, s2)), (p1, p2, s1[0].estim_lr, s2.estim_lr)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
+def _estimates(p1, s1, p2, s2):
+  """The distance estimate d of each side's state, kept after every step."""
+  return s1[0].estim_lr, s2.estim_lr
 
 
 @pytest.mark.parametrize("pair", list(CASES.values()), ids=list(CASES))
 def test_equals_optax_float64_every_step(pair):
-  with jax.enable_x64(True):
-    theta0, a, c = _problem()
-    ours, theirs, our_d, their_d = jax.device_get(_both(theta0, a, c, pair))
+  theta0, (ours, theirs, our_d, their_d) = cl.closed_loop(pair, seed=181, record=_estimates)
   assert our_d.dtype == np.float64
   assert our_d[-1] > 10 * our_d[0], "d barely grew: the comparison would be weak"
   np.testing.assert_allclose(our_d, their_d, rtol=RTOL)
-  for key in theta0:
-    assert ours[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"leaf {key}, step {t + 1}")
+  cl.assert_trajectories_close(theta0, ours, theirs)
 
 
 # --- hand-checked values ----------------------------------------------------------------
@@ -148,32 +110,10 @@ def x64():
     yield
 
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
-
-
-def _params64():
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), _params())
-
-
-def _grads(k, params):
-  g = {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-       "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-  g = {key: v for key, v in g.items() if key in params}
-  return jax.tree.map(lambda g_, p: g_ + 0.5 * p, g, params)   # depends on where it is taken
-
-
-def _train(tx, params, steps, *, start=0, state=None, optax_apply=False):
-  state = tx.init(params) if state is None else state
-  for i in range(start, start + steps):
-    u, state = tx.update(_grads(i, params), state, params)
-    params = (optax.apply_updates if optax_apply else gx.apply_updates)(params, u)
-  return params, state
-
-
-def _close(got, want, rtol=1e-7, atol=1e-12):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), got, want)
+# the runs below: the parameters move, and the gradient depends on them (`cl.grads_at`)
+_train = functools.partial(cl.train, grad_fn=cl.grads_at)
+_train_optax = functools.partial(cl.train, grad_fn=cl.grads_at, apply=optax.apply_updates)
+_close = functools.partial(cl.assert_trees_close, rtol=1e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["prodigy", "dadapt_adamw"])
@@ -181,40 +121,34 @@ def test_inject_hyperparams_against_optax(name, x64):
   kwargs = dict(learning_rate=0.5, eps=1e-6, weight_decay=0.1)
   ours = gx.inject_hyperparams(getattr(gx, name))(**kwargs)
   theirs = optax.inject_hyperparams(getattr(C, name))(**kwargs)
-  assert set(ours.init(_params64()).hyperparams) == set(kwargs)
-  p, s = _train(ours, _params64(), 4)
-  q, t = _train(theirs, _params64(), 4, optax_apply=True)
+  assert set(ours.init(cl.params64()).hyperparams) == set(kwargs)
+  p, s, _ = _train(ours, None, cl.params64(), 0, 4)
+  q, t, _ = _train_optax(theirs, None, cl.params64(), 0, 4)
   _close(p, q)
   if name == "prodigy":                  # γ injected as 0: no step (D-Adaptation's momentum
     s = s.with_hyperparams(learning_rate=0.0)        # holds the earlier steps' sizes)
-    u, _ = ours.update(_grads(4, p), s, p)
-    assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+    u, _ = ours.update(cl.grads_at(4, p), s, p)
+    cl.assert_all_zero(u)
 
 
 @pytest.mark.parametrize("name", ["prodigy", "dadapt_adamw"])
 def test_partition_against_optax_on_its_leaves(name, x64):
   tx = gx.partition({"lr_free": getattr(gx, name)(), "sgd": gx.sgd(0.1)},
                     {"w": "lr_free", "b": "sgd", "s": "lr_free"})
-  p, _ = _train(tx, _params64(), 4)
-  sub = {"w": _params64()["w"], "s": _params64()["s"]}
-  q, _ = _train(getattr(C, name)(), sub, 4, optax_apply=True)
+  p, _, _ = _train(tx, None, cl.params64(), 0, 4)
+  sub = {"w": cl.params64()["w"], "s": cl.params64()["s"]}
+  q, _, _ = _train_optax(getattr(C, name)(), None, sub, 0, 4)
   _close({"w": p["w"], "s": p["s"]}, q)
 
 
 @pytest.mark.parametrize("name", ["prodigy", "dadapt_adamw"])
 def test_checkpoint_round_trip_and_resume_against_optax(name, x64):
   make = lambda: getattr(gx, name)(0.8, weight_decay=0.01)
-  params0 = _params64()
-  full_p, full_s = _train(make(), params0, 5)
-  p, s = _train(make(), params0, 2)
-  blob = serialization.to_bytes({"params": p, "opt": s})
-  fresh = make()
-  restored = serialization.from_bytes({"params": params0, "opt": fresh.init(params0)}, blob)
-  p, s = _train(fresh, restored["params"], 3, start=2, state=restored["opt"])
-  for x, y in zip(jax.tree.leaves((full_p, full_s)), jax.tree.leaves((p, s))):
-    assert np.asarray(x).dtype == np.asarray(y).dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  q, t = _train(getattr(C, name)(0.8, weight_decay=0.01), params0, 5, optax_apply=True)
+  params0 = cl.params64()
+  run = cl.checkpoint_round_trip(make, params0, grad_fn=cl.grads_at)
+  cl.assert_identical(run.full[:2], run.resumed[:2])
+  p, s, _ = run.resumed
+  q, t, _ = _train_optax(getattr(C, name)(0.8, weight_decay=0.01), None, params0, 0, 5)
   _close(p, q)
   _close(s[0].estim_lr, t.estim_lr)
 
@@ -231,13 +165,12 @@ FACTORIES = {
 
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_check_transform(name):
-  gxt.check_transform(FACTORIES[name](), _params(), needs_params=True, pmap=name == "prodigy")
+  gxt.check_transform(FACTORIES[name](), cl.params(), needs_params=True, pmap=name == "prodigy")
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_equal_by_value(name):
-  factory = FACTORIES[name]
-  assert factory() == factory() and hash(factory()) == hash(factory())
+  cl.assert_equal_by_value(FACTORIES[name])
 
 
 def test_different_hyperparameters_differ():
@@ -273,4 +206,4 @@ def test_bad_hyperparameters_raise_naming_them(call, message):
 def test_params_are_required():
   for tx in (gx.prodigy(), gx.dadapt_adamw()):
     with pytest.raises(ValueError, match="needs the current parameters"):
-      tx.update(_params(), tx.init(_params()))
+      tx.update(cl.params(), tx.init(cl.params()))

@@ -18,9 +18,7 @@ KERNELS = [(3, 3, 1, 32), (3, 3, 32, 64), (1024, 128), (128, 10)]
 BIASES = [32, 64, 128, 10]
 N_PARAMS = sum(int(np.prod(s)) for s in KERNELS) + sum(BIASES)   # 151,306
 F32 = 4
-# Shampoo's jitted update hangs now and then inside XLA:CPU on jax 0.10.2 (not on 0.11.2), so
-# the quick run leaves it out; its state size is checked from `init` below.
-RUN = ("adamw", "adafactor", "muon", "soap", "adamw_int8")
+RUN = ("adamw", "adafactor", "muon", "shampoo", "soap", "adamw_int8")
 
 
 def _stat_floats(shape, block):
@@ -56,7 +54,7 @@ def test_structure(bench, quick):
   assert cfg["params"] == N_PARAMS == 151_306
   assert cfg["steps"] == 2 * (cfg["n_train"] // cfg["batch_size"])
   assert results["skipped"] == {}
-  assert set(RUN) < set(bench.DEFAULT_OPTIMIZERS) == set(bench.GRIDS) == set(bench.MATRICES)
+  assert set(RUN) == set(bench.DEFAULT_OPTIMIZERS) == set(bench.GRIDS) == set(bench.MATRICES)
   assert tuple(results["optimizers"]) == RUN
   for name, r in results["optimizers"].items():
     assert len(r["curve"]) == len(r["losses"]) == len(r["step_times"]) == cfg["steps"]
@@ -78,12 +76,8 @@ def test_every_optimizer_learns(quick):
     assert r["test_acc"] > 0.6, (name, r["test_acc"])
 
 
-def test_state_bytes_per_parameter(bench, quick):
-  import jax
-  opt = dict(quick[0]["optimizers"])
-  params = bench.CNN().init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
-  nbytes = bench.state_bytes(bench.make_optimizer("shampoo", 1e-3).init(params))
-  opt["shampoo"] = {"state_bytes": nbytes, "state_bytes_per_param": nbytes / N_PARAMS}
+def test_state_bytes_per_parameter(quick):
+  opt = quick[0]["optimizers"]
   counters = 64   # a few int32 step counters / scalars per optimizer, at most
 
   def near(name, expected_bytes):

@@ -12,6 +12,7 @@ contract: `gradxform.testing`, `inject_hyperparams`, equality by value, validati
 checkpoint round trip.
 """
 
+import functools
 import json
 import pathlib
 import re
@@ -21,14 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 from optax.contrib import _muon as optax_muon
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
 
-STEPS = 30
-RTOL = 1e-7
 DATA = pathlib.Path(__file__).parent / "data" / "torch_muon.json"
 SHAPES = {"a": (130, 129), "b": (130, 129), "c": (130, 129), "d": (64, 200), "v": (17,),
           "s": ()}
@@ -68,54 +67,11 @@ CASES = {
 }
 
 
-def _problem(with_3d=False):
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
-  rng = np.random.default_rng(17)
-  shapes = {**SHAPES, "h": (3, 20, 24)} if with_3d else SHAPES
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {k: draw(s) for k, s in shapes.items()}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
-
-
-def _grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
-
-
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters after every step."""
-  ours, theirs = pair[0](), pair[1]()
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
-    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    return ((p1, s1), (p2, s2)), (p1, p2)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_equals_optax_float64_every_step(name):
-  with jax.enable_x64(True):
-    theta0, a, c = _problem(with_3d=name == "dimension_numbers")
-    ours, theirs = jax.device_get(_both(theta0, a, c, CASES[name]))
-  for key in theta0:
-    assert ours[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"leaf {key}, step {t + 1}")
+  shapes = {**SHAPES, "h": (3, 20, 24)} if name == "dimension_numbers" else SHAPES
+  theta0, (ours, theirs) = cl.closed_loop(CASES[name], seed=17, shapes=shapes)
+  cl.assert_trajectories_close(theta0, ours, theirs)
 
 
 # --- torch.optim.Muon --------------------------------------------------------------------
@@ -137,21 +93,6 @@ def torch_data():
   return json.loads(DATA.read_text())
 
 
-def _replay(tx, data):
-  arr = lambda t: {k: np.asarray(v, np.float64) for k, v in t.items()}
-  c, target, theta0, noise = (arr(data[k]) for k in ("c", "target", "theta0", "noise"))
-
-  def body(carry, noise_t):
-    p, s = carry
-    g = jax.tree.map(lambda p_, c_, t_, n_: c_ * (p_ - t_) + n_, p, c, target, noise_t)
-    u, s = tx.update(g, s, p)
-    p = gx.apply_updates(p, u)
-    return (p, s), p
-
-  _, ps = jax.jit(lambda: jax.lax.scan(body, (theta0, tx.init(theta0)), noise))()
-  return jax.device_get(ps)
-
-
 def test_torch_data_is_complete(torch_data):
   assert set(torch_data["configs"]) == set(TORCH_CALLS)
   for name, cfg in torch_data["configs"].items():
@@ -164,7 +105,7 @@ def test_matches_torch_muon_float64(name, torch_data):
   # float64 throughout, 30 steps of Newton-Schulz on O(1) matrices: observed agreement is
   # ~1e-15 relative; 1e-10 leaves room for BLAS summation order, not for any convention.
   with jax.enable_x64(True):
-    ps = _replay(TORCH_CALLS[name](), torch_data)
+    ps = cl.replay(TORCH_CALLS[name](), torch_data)
   for i, step in enumerate(torch_data["recorded_steps"]):
     for key, ref in torch_data["configs"][name]["theta"][i].items():
       np.testing.assert_allclose(ps[key][step - 1], np.asarray(ref), rtol=1e-10, atol=1e-12,
@@ -173,8 +114,8 @@ def test_matches_torch_muon_float64(name, torch_data):
 
 def test_torch_form_differs_from_optax_form_and_bf16_is_close(torch_data):
   with jax.enable_x64(True):
-    optax_form = _replay(gx.muon(0.02, eps=1e-7, weight_decay=0.1), torch_data)
-    torch_form = _replay(TORCH_CALLS["default"](), torch_data)
+    optax_form = cl.replay(gx.muon(0.02, eps=1e-7, weight_decay=0.1), torch_data)
+    torch_form = cl.replay(TORCH_CALLS["default"](), torch_data)
   last = torch_data["configs"]["default"]["theta"][-1]
   assert max(np.abs(optax_form[k][-1] - np.asarray(v)).max() for k, v in last.items()) > 1e-2
   bf16 = torch_data["bf16_reference"]["theta"][-1]           # torch's own bfloat16 iteration
@@ -254,51 +195,26 @@ def test_scale_by_shape_factors_by_hand():
 
 # --- the contract ------------------------------------------------------------------------
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
-
-
-def _grads(k=0):
-  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-
-
-def _run(tx, params, steps=3, state=None, start=0):
-  state = tx.init(params) if state is None else state
-  outs = []
-  for k in range(start, start + steps):
-    u, state = tx.update(_grads(k), state, params)
-    params = gx.apply_updates(params, u)
-    outs.append(u)
-  return outs, state, params
+# updates of the small tree, the parameters moving
+_run = functools.partial(cl.run, move=True)
 
 
 def test_check_transform():
-  gxt.check_transform(gx.muon(1e-2, weight_decay=0.1), _params(), needs_params=True,
+  gxt.check_transform(gx.muon(1e-2, weight_decay=0.1), cl.params(), needs_params=True,
                       pmap=False)
   tx = gx.muon(1e-2, state_dtype=jnp.bfloat16)      # moments in bfloat16: jit and stable state
-  gxt.check_jit(tx, _params(), needs_params=True)
-  gxt.check_state_stable(tx, _params(), needs_params=True)
-  moments = [x for x in jax.tree.leaves(tx.init(_params())) if x.ndim > 0]
+  gxt.check_jit(tx, cl.params(), needs_params=True)
+  gxt.check_state_stable(tx, cl.params(), needs_params=True)
+  moments = [x for x in jax.tree.leaves(tx.init(cl.params())) if x.ndim > 0]
   assert {x.dtype for x in moments} == {jnp.dtype(jnp.bfloat16)}
-  matrices = {"w": _params()["w"], "u": jnp.ones((4, 3))}
+  matrices = {"w": cl.params()["w"], "u": jnp.ones((4, 3))}
   gxt.check_transform(gx.orthogonalize(), matrices, pmap=False)
   gxt.check_transform(gx.scale_by_shape(), matrices, pmap=False)
 
 
 def test_inject_hyperparams_equals_plain_and_injects():
   kwargs = dict(learning_rate=0.01, beta=0.9, eps=1e-6, weight_decay=0.1)
-  injected = gx.inject_hyperparams(gx.muon)(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(kwargs)
-  plain_out = _run(gx.muon(**kwargs), _params())[0]
-  injected_out = _run(injected, _params())[0]
-  for p, q in zip(plain_out, injected_out):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
-  state = injected.init(_params())
-  state = state._replace(hyperparams={**state.hyperparams, "learning_rate": jnp.asarray(0.0)})
-  u, _ = injected.update(_grads(), state, _params())     # η injected as 0: no step
-  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+  cl.assert_inject_equals_plain(gx.muon, kwargs, run_fn=_run)
 
 
 def test_equal_by_value():
@@ -316,8 +232,8 @@ def test_equal_by_value():
 def test_dimension_numbers_pick_the_muon_leaves():
   # A 2-D leaf given None goes to NAdamW: its first step is −η (1 + β1/(1 + β1)) sign(g).
   dims = {"w": None, "b": None, "s": None}
-  u, _, _ = _run(gx.muon(0.1, muon_weight_dimension_numbers=dims), _params(), steps=1)
-  np.testing.assert_allclose(u[0]["w"], -0.1 * (1 + 0.9 / 1.9) * np.sign(_grads()["w"]),
+  u, _, _ = _run(gx.muon(0.1, muon_weight_dimension_numbers=dims), cl.params(), steps=1)
+  np.testing.assert_allclose(u[0]["w"], -0.1 * (1 + 0.9 / 1.9) * np.sign(cl.grads()["w"]),
                              rtol=1e-5)
 
 
@@ -355,14 +271,7 @@ def test_bad_leaves_raise_at_update():
 
 
 def test_checkpoint_round_trip_and_exact_resume():
-  tx = gx.muon(0.05, weight_decay=0.1)
-  full, _, full_params = _run(tx, _params(), steps=5)
-  _, state, params = _run(tx, _params(), steps=2)
-  blob = serialization.to_bytes({"params": params, "opt": state})
-  fresh = gx.muon(0.05, weight_decay=0.1)
-  restored = serialization.from_bytes({"params": _params(), "opt": fresh.init(_params())}, blob)
-  jax.tree.map(np.testing.assert_array_equal, restored["opt"], state)
-  resumed, _, resumed_params = _run(fresh, restored["params"], steps=3,
-                                    state=restored["opt"], start=2)
-  jax.tree.map(np.testing.assert_array_equal, resumed_params, full_params)
-  jax.tree.map(np.testing.assert_array_equal, resumed[-1], full[-1])
+  run = cl.checkpoint_round_trip(lambda: gx.muon(0.05, weight_decay=0.1), cl.params())
+  cl.assert_identical(run.restored[1], run.saved[1])
+  cl.assert_identical(run.resumed[0], run.full[0])             # the parameters
+  cl.assert_identical(run.resumed[2][-1], run.full[2][-1])     # the last update

@@ -9,6 +9,7 @@ wrappers (`inject_hyperparams`, `masked` / `partition`, `apply_if_finite`: each 
 on the same problem), equality by value, validation and a checkpoint round trip.
 """
 
+import functools
 import re
 
 import jax
@@ -18,14 +19,12 @@ import optax
 import optax.contrib as oc
 from optax.contrib import _dog as optax_dog  # 0.2.8 does not export scale_by_dog / _dowg
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
+from closed_loop import MASK
 
-STEPS = 30
-RTOL = 1e-7
-MASK = {"w": True, "v": False, "s": True}
 
 # name -> [(gradxform optimizer, Optax optimizer)]: the defaults first, then moved values.
 CASES = {
@@ -65,53 +64,10 @@ IDS = [f"{name}-{'default' if i == 0 else f'moved{i}'}" for name, cases in CASES
 FLAT = [pair for cases in CASES.values() for pair in cases]
 
 
-def _problem():
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
-  rng = np.random.default_rng(18)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
-
-
-def _grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
-
-
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters after every step."""
-  ours, theirs = pair[0](), pair[1]()
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
-    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    return ((p1, s1), (p2, s2)), (p1, p2)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
-
-
 @pytest.mark.parametrize("pair", FLAT, ids=IDS)
 def test_equals_optax_float64_every_step(pair):
-  with jax.enable_x64(True):
-    theta0, a, c = _problem()
-    ours, theirs = jax.device_get(_both(theta0, a, c, pair))
-  for key in theta0:
-    assert ours[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-4, f"{key} barely moved ({moved}): the comparison would be weak"
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"leaf {key}, step {t + 1}")
+  theta0, (ours, theirs) = cl.closed_loop(pair, seed=18)
+  cl.assert_trajectories_close(theta0, ours, theirs, min_move=1e-4)
 
 
 # --- the contract ------------------------------------------------------------------------
@@ -136,49 +92,33 @@ OPTAX = {
 }
 
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
+# closed-loop updates of the small tree (the parameters move), 4 steps unless told
+_run = functools.partial(cl.run, steps=4, move=True)
 
 
-def _grads(k=0):
-  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
+def _nan_at(bad_step):
+  """`cl.grads_for`, but all NaN at step `bad_step`."""
+  def grad_fn(k, params):
+    g = cl.grads_for(k, params)
+    return jax.tree.map(lambda x: x * jnp.nan, g) if k == bad_step else g
+  return grad_fn
 
 
-def _run(tx, params, steps=4, bad_step=None, update=None):
-  """`steps` closed-loop updates (the params move); the updates of each. At `bad_step` the
-  gradient is NaN."""
-  update = update or tx.update
-  state = tx.init(params)
-  outs = []
-  for k in range(steps):
-    grads = {key: g for key, g in _grads(k).items() if key in params}
-    if k == bad_step:
-      grads = jax.tree.map(lambda g: g * jnp.nan, grads)
-    u, state = update(grads, state, params)
-    params = jax.tree.map(lambda p, u_: p + u_, params, u)
-    outs.append(u)
-  return outs, state, params
-
-
-def _close(ours, theirs, rtol=2e-5, atol=1e-7):
-  for p, q in zip(ours, theirs):
-    assert jax.tree.structure(p) == jax.tree.structure(q)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), p, q)
+def _close(ours, theirs):
+  cl.assert_steps_close(ours, theirs, rtol=2e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_check_transform(name):
   factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  gxt.check_transform(factory(), _params(), needs_params=True)
+  gxt.check_transform(factory(), cl.params(), needs_params=True)
 
 
 def test_cocob_bfloat16_accumulators():
-  gxt.check_transform(gx.scale_by_cocob(state_dtype=jnp.bfloat16), _params(), needs_params=True,
+  gxt.check_transform(gx.scale_by_cocob(state_dtype=jnp.bfloat16), cl.params(), needs_params=True,
                       pmap=False)
   for tx in (gx.scale_by_cocob(state_dtype=jnp.bfloat16), gx.cocob(state_dtype=jnp.bfloat16)):
-    state = tx.init(_params())
+    state = tx.init(cl.params())
     state = state if isinstance(state, tuple) and hasattr(state, "reward") else state[-1]
     for field in ("cumulative_gradients", "scale", "subgradients", "reward"):
       assert {x.dtype for x in jax.tree.leaves(getattr(state, field))} == {
@@ -188,8 +128,8 @@ def test_cocob_bfloat16_accumulators():
 
 
 def test_scalars_kept_in_float32_for_bfloat16_params():
-  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params())
-  grads = jax.tree.map(lambda g: g.astype(jnp.bfloat16), _grads())
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), cl.params())
+  grads = jax.tree.map(lambda g: g.astype(jnp.bfloat16), cl.grads())
   for tx, fields in ((gx.scale_by_dog(("heuristic", 1e-6)), ("max_dist", "sum_sq_norm_grads")),
                      (gx.scale_by_dowg(), ("estim_sq_dist", "weighted_sq_norm_grads")),
                      (gx.mechanize(gx.sgd(0.1)), ("r", "m", "v", "s"))):
@@ -213,40 +153,29 @@ def test_inject_hyperparams_equals_optax_and_injects(name):
     injected = gx.inject_hyperparams(gx.mechanize)(gx.adam(0.1), **kwargs)
   else:
     injected = gx.inject_hyperparams(getattr(gx, name))(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(kwargs)
-  ours, _, _ = _run(injected, _params())
-  theirs, _, _ = _run(OPTAX[name](**kwargs), _params())
+  assert set(injected.init(cl.params()).hyperparams) == set(kwargs)
+  ours, _, _ = _run(injected, cl.params())
+  theirs, _, _ = _run(OPTAX[name](**kwargs), cl.params())
   _close(ours, theirs)
   if name != "mechanize":                                 # η injected as 0: no step
-    state = injected.init(_params())
+    state = injected.init(cl.params())
     state = state._replace(hyperparams={**state.hyperparams, "learning_rate": jnp.asarray(0.0)})
-    u, _ = injected.update(_grads(), state, _params())
-    assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
+    u, _ = injected.update(cl.grads(), state, cl.params())
+    cl.assert_all_zero(u)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_masked_and_partition_equal_optax_on_their_leaves(name):
-  opt = OPTIMIZERS[name]()
-  params = _params()
-  sub = {"w": params["w"], "s": params["s"]}
-  alone, _, _ = _run(OPTAX[name](), sub)
-  grouped, _, _ = _run(gx.partition({"opt": opt, "sgd": gx.sgd(0.1)},
-                                    {"w": "opt", "b": "sgd", "s": "opt"}), params)
-  masked, _, _ = _run(gx.masked(opt, {"w": True, "b": False, "s": True}), params, steps=1)
-  for k in range(4):
-    for key in ("w", "s"):
-      np.testing.assert_allclose(grouped[k][key], alone[k][key], rtol=2e-5, atol=1e-7)
-    np.testing.assert_allclose(grouped[k]["b"], -0.1 * _grads(k)["b"], rtol=1e-6)
-  for key in ("w", "s"):
-    np.testing.assert_allclose(masked[0][key], alone[0][key], rtol=2e-5, atol=1e-7)
-  np.testing.assert_array_equal(masked[0]["b"], _grads(0)["b"])   # passed through
+  cl.assert_masked_and_partition_match(OPTIMIZERS[name](), reference=OPTAX[name](), run_fn=_run,
+                                       steps=4, masked_steps=1, rtol=2e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_apply_if_finite_skips_a_nan_step_as_optax(name):
-  ours, state, _ = _run(gx.apply_if_finite(OPTIMIZERS[name](), 2), _params(), bad_step=1)
-  theirs, _, _ = _run(optax.apply_if_finite(OPTAX[name](), 2), _params(), bad_step=1)
-  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(ours[1]))
+  ours, state, _ = _run(gx.apply_if_finite(OPTIMIZERS[name](), 2), cl.params(),
+                        grad_fn=_nan_at(1))
+  theirs, _, _ = _run(optax.apply_if_finite(OPTAX[name](), 2), cl.params(), grad_fn=_nan_at(1))
+  cl.assert_all_zero(ours[1])
   assert int(state.total_notfinite) == 1
   _close(ours, theirs)
 
@@ -254,30 +183,20 @@ def test_apply_if_finite_skips_a_nan_step_as_optax(name):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_checkpoint_round_trip_then_resume_equals_optax(name):
   n, k = 5, 2
-  theirs, _, _ = _run(OPTAX[name](), _params(), steps=n)
+  theirs, _, _ = _run(OPTAX[name](), cl.params(), steps=n)
   tx = OPTIMIZERS[name]()
   upd = jax.jit(tx.update)
-  first, state, params = _run(tx, _params(), steps=k, update=upd)
-  blob = serialization.to_bytes({"params": params, "opt": state})
+  first, state, params = _run(tx, cl.params(), steps=k, update=upd)
   fresh = OPTIMIZERS[name]()                       # a new optimizer object, as after a restart
-  restored = serialization.from_bytes({"params": _params(), "opt": fresh.init(_params())}, blob)
-  assert jax.tree.structure(restored["opt"]) == jax.tree.structure(state)
-  for x, y in zip(jax.tree.leaves(restored["opt"]), jax.tree.leaves(state)):
-    assert np.asarray(x).dtype == np.asarray(y).dtype
-    np.testing.assert_array_equal(x, y)
-  params, state = restored["params"], restored["opt"]
-  rest = []
-  for i in range(k, n):
-    u, state = fresh.update(_grads(i), state, params)
-    params = jax.tree.map(lambda p, u_: p + u_, params, u)
-    rest.append(u)
+  params, restored = cl.save_and_restore(params, state, cl.params(), fresh.init(cl.params()))
+  cl.assert_identical(restored, state)
+  rest, _, _ = _run(fresh, params, steps=n - k, start=k, state=restored)
   _close(first + rest, theirs)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_equal_by_value(name):
-  factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  assert factory() == factory() and hash(factory()) == hash(factory())
+  cl.assert_equal_by_value({**OPTIMIZERS, **PRIMITIVES}[name])
 
 
 def test_different_hyperparameters_differ():

@@ -9,6 +9,7 @@ wrappers it must compose with (each against Optax), the contract, equality by va
 validation and a checkpoint round trip.
 """
 
+import functools
 import re
 
 import jax
@@ -16,13 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
 
-STEPS = 30
-RTOL = 1e-7
 SF = optax.contrib
 
 
@@ -57,57 +56,18 @@ CASES = {
 }
 
 
-def _problem():
-  """Start, curvature and centre of `f(θ) = Σ ½ a (θ − c)² + 0.3 Σ sin θ` (float64)."""
-  rng = np.random.default_rng(18)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
-
-
-def _grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: a_ * (t - c_) + 0.3 * jnp.cos(t), theta, a, c)
-
-
-def _both(theta0, a, c, pair):
-  """Both optimizers in closed loop; each one's parameters and evaluation parameters."""
-  ours, theirs = pair[0](), pair[1]()
-
-  def step(carry, _):
-    (p1, s1), (p2, s2) = carry
-    u1, s1 = ours.update(_grad(p1, a, c), s1, p1)
-    u2, s2 = theirs.update(_grad(p2, a, c), s2, p2)
-    p1, p2 = gx.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    e1, e2 = gx.schedule_free_eval_params(s1, p1), SF.schedule_free_eval_params(s2, p2)
-    return ((p1, s1), (p2, s2)), (p1, p2, e1, e2)
-
-  carry = ((theta0, ours.init(theta0)), (theta0, theirs.init(theta0)))
-  _, trajectories = jax.lax.scan(step, carry, None, length=STEPS)
-  return trajectories
-
-
-_both = jax.jit(_both, static_argnums=3)              # one compile per configuration
+def _eval_params(p1, s1, p2, s2):
+  """Each side's evaluation parameters `x`, kept after every step."""
+  return gx.schedule_free_eval_params(s1, p1), SF.schedule_free_eval_params(s2, p2)
 
 
 @pytest.mark.parametrize("pair", list(CASES.values()), ids=list(CASES))
 def test_equals_optax_float64_every_step(pair):
-  with jax.enable_x64(True):
-    theta0, a, c = _problem()
-    ours, theirs, ours_x, theirs_x = jax.device_get(_both(theta0, a, c, pair))
+  theta0, (ours, theirs, ours_x, theirs_x) = cl.closed_loop(pair, seed=18, record=_eval_params)
   for key in theta0:
-    assert ours[key].dtype == np.float64 and ours_x[key].dtype == np.float64
-    moved = np.abs(ours[key][-1] - theta0[key]).max()
-    assert moved > 1e-3, f"{key} barely moved ({moved}): the comparison would be weak"
     assert np.abs(ours_x[key][-1] - ours[key][-1]).max() > 1e-6    # x ≠ y: a real test
-    for t in range(STEPS):
-      np.testing.assert_allclose(ours[key][t], theirs[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"leaf {key}, step {t + 1}")
-      np.testing.assert_allclose(ours_x[key][t], theirs_x[key][t], rtol=RTOL, atol=1e-12,
-                                 err_msg=f"eval params, leaf {key}, step {t + 1}")
+  cl.assert_trajectories_close(theta0, ours, theirs)
+  cl.assert_trajectories_close(theta0, ours_x, theirs_x, min_move=None, what="eval params, ")
 
 
 def test_first_steps_by_hand():
@@ -126,28 +86,16 @@ def test_first_steps_by_hand():
 
 # --- composition, each against Optax ------------------------------------------------------
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
-
-
-def _grads(k=0, params=None):
-  g = {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-       "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-  if params is None:
-    return g
-  g = {key: v for key, v in g.items() if key in params}
-  return jax.tree.map(lambda g_, p: g_ + 0.5 * p, g, params)   # depends on where it is taken
-
-
 def _train(tx, params, steps, *, start=0, state=None, bad_step=None, optax_apply=False):
-  state = tx.init(params) if state is None else state
-  for i in range(start, start + steps):
-    g = _grads(i, params)
-    if i == bad_step:
-      g = {**g, "b": g["b"].at[0].set(jnp.nan)}
-    u, state = tx.update(g, state, params)
-    params = (optax.apply_updates if optax_apply else gx.apply_updates)(params, u)
+  """`steps` steps from `start`, the parameters moving and the gradient depending on them
+  (`cl.grads_at`); at `bad_step` the gradient of `b` has a NaN. The parameters and state."""
+  def grad_fn(k, p):
+    g = cl.grads_at(k, p)
+    return {**g, "b": g["b"].at[0].set(jnp.nan)} if k == bad_step else g
+
+  _, state, params = cl.run(tx, params, steps, start=start, state=state, move=True,
+                            grad_fn=grad_fn,
+                            apply=optax.apply_updates if optax_apply else gx.apply_updates)
   return params, state
 
 
@@ -159,22 +107,16 @@ def x64():
     yield
 
 
-def _params64():
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), _params())
-
-
-def _close(got, want, rtol=1e-7, atol=1e-10, err_msg=""):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol,
-                                                       err_msg=err_msg), got, want)
+_close = functools.partial(cl.assert_trees_close, rtol=1e-7, atol=1e-10)
 
 
 def test_inject_hyperparams_learning_rate_against_optax(x64):
   ours = gx.inject_hyperparams(gx.schedule_free)(gx.adam(0.1, b1=0.0), learning_rate=0.1)
   theirs = optax.inject_hyperparams(SF.schedule_free)(optax.adam(0.1, b1=0.0),
                                                       learning_rate=0.1)
-  assert set(ours.init(_params64()).hyperparams) == {"learning_rate"}
-  p, s = _train(ours, _params64(), 4)
-  q, t = _train(theirs, _params64(), 4, optax_apply=True)
+  assert set(ours.init(cl.params64()).hyperparams) == {"learning_rate"}
+  p, s = _train(ours, cl.params64(), 4)
+  q, t = _train(theirs, cl.params64(), 4, optax_apply=True)
   _close(p, q)
   _close(gx.schedule_free_eval_params(s, p), SF.schedule_free_eval_params(t.inner_state, q))
   # the injected learning rate is the one used for the weights: a larger one after step 2
@@ -190,24 +132,24 @@ def test_partition_against_optax_on_each_group(x64):
   labels = {"w": "sf", "b": "sgd", "s": "sf"}
   ours = gx.partition({"sf": gx.schedule_free(gx.adam(0.1, b1=0.0), 0.1), "sgd": gx.sgd(0.1)},
                       labels)
-  p, s = _train(ours, _params64(), 4)
-  sub = {"w": _params64()["w"], "s": _params64()["s"]}
+  p, s = _train(ours, cl.params64(), 4)
+  sub = {"w": cl.params64()["w"], "s": cl.params64()["s"]}
   q, t = _train(SF.schedule_free(optax.adam(0.1, b1=0.0), 0.1), sub, 4, optax_apply=True)
   _close({"w": p["w"], "s": p["s"]}, q)
   x = gx.schedule_free_eval_params(s, p)
   _close({"w": x["w"], "s": x["s"]}, SF.schedule_free_eval_params(t, q))
   np.testing.assert_array_equal(x["b"], p["b"])              # no schedule-free state there
-  b = _params64()["b"]
+  b = cl.params64()["b"]
   for k in range(4):
-    b = b - 0.1 * _grads(k, {"b": b})["b"]
+    b = b - 0.1 * cl.grads_at(k, {"b": b})["b"]
   _close(p["b"], b)
 
 
 def test_apply_if_finite_against_optax(x64):
   ours = gx.apply_if_finite(gx.schedule_free(gx.sgd(0.1), 0.1), 2)
   theirs = optax.apply_if_finite(SF.schedule_free(optax.sgd(0.1), 0.1), 2)
-  p, s = _train(ours, _params64(), 5, bad_step=2)
-  q, t = _train(theirs, _params64(), 5, bad_step=2, optax_apply=True)
+  p, s = _train(ours, cl.params64(), 5, bad_step=2)
+  q, t = _train(theirs, cl.params64(), 5, bad_step=2, optax_apply=True)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
   _close(p, q)
   _close(gx.schedule_free_eval_params(s, p), SF.schedule_free_eval_params(t.inner_state, q))
@@ -215,14 +157,14 @@ def test_apply_if_finite_against_optax(x64):
 
 def test_chain_and_masked_find_the_state(x64):
   tx = gx.chain(gx.clip(10.0), gx.schedule_free(gx.sgd(0.1), 0.1, b1=0.5))
-  p, s = _train(tx, _params64(), 3)
+  p, s = _train(tx, cl.params64(), 3)
   q, t = _train(optax.chain(optax.clip(10.0), SF.schedule_free(optax.sgd(0.1), 0.1, b1=0.5)),
-                _params64(), 3, optax_apply=True)
+                cl.params64(), 3, optax_apply=True)
   _close(p, q)
   _close(gx.schedule_free_eval_params(s, p), SF.schedule_free_eval_params(t[1], q))
   masked = gx.masked(gx.schedule_free(gx.sgd(0.1), 0.1), {"w": True, "b": False, "s": False})
-  p, s = _train(masked, _params64(), 3)
-  q, t = _train(SF.schedule_free(optax.sgd(0.1), 0.1), {"w": _params64()["w"]}, 3,
+  p, s = _train(masked, cl.params64(), 3)
+  q, t = _train(SF.schedule_free(optax.sgd(0.1), 0.1), {"w": cl.params64()["w"]}, 3,
                 optax_apply=True)
   x = gx.schedule_free_eval_params(s, p)
   _close(x["w"], SF.schedule_free_eval_params(t, q)["w"])
@@ -231,16 +173,10 @@ def test_chain_and_masked_find_the_state(x64):
 
 def test_checkpoint_round_trip_and_resume_against_optax(x64):
   make = lambda: gx.schedule_free_adamw(0.05, warmup_steps=3, weight_decay=0.01)
-  params0 = _params64()
-  full_p, full_s = _train(make(), params0, 5)
-  p, s = _train(make(), params0, 2)
-  blob = serialization.to_bytes({"params": p, "opt": s})
-  fresh = make()
-  restored = serialization.from_bytes({"params": params0, "opt": fresh.init(params0)}, blob)
-  p, s = _train(fresh, restored["params"], 3, start=2, state=restored["opt"])
-  for x, y in zip(jax.tree.leaves((full_p, full_s)), jax.tree.leaves((p, s))):
-    assert np.asarray(x).dtype == np.asarray(y).dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  params0 = cl.params64()
+  run = cl.checkpoint_round_trip(make, params0, grad_fn=cl.grads_at)
+  cl.assert_identical(run.full[:2], run.resumed[:2])
+  p, s, _ = run.resumed
   q, t = _train(SF.schedule_free_adamw(0.05, warmup_steps=3, weight_decay=0.01), params0, 5,
                 optax_apply=True)
   _close(p, q)
@@ -268,11 +204,11 @@ def test_complex_parameters_as_pairs_of_reals_in_optax():
 
 def test_injected_b1_is_the_one_eval_params_uses(x64):
   tx = gx.inject_hyperparams(gx.schedule_free)(gx.sgd(0.1), learning_rate=0.1, b1=0.9)
-  p, s = _train(tx, _params64(), 2)
+  p, s = _train(tx, cl.params64(), 2)
   s = s.with_hyperparams(b1=0.5)
   p, s = _train(tx, p, 2, start=2, state=s)
   # Optax from the same point: its state's β1 set to the new one (Optax keeps init's)
-  q, t = _train(SF.schedule_free(optax.sgd(0.1), 0.1, b1=0.9), _params64(), 2,
+  q, t = _train(SF.schedule_free(optax.sgd(0.1), 0.1, b1=0.9), cl.params64(), 2,
                 optax_apply=True)
   other = SF.schedule_free(optax.sgd(0.1), 0.1, b1=0.5)
   q, t = _train(other, q, 2, start=2, state=t, optax_apply=True)
@@ -298,17 +234,17 @@ BF16 = {"schedule_free", "schedule_free_adamw"}
 @pytest.mark.parametrize("name", ["schedule_free", "schedule_free_sgd", "schedule_free_adamw"])
 def test_check_transform(name):
   factory = FACTORIES[name]
-  gxt.check_transform(factory(), _params(), needs_params=True, pmap=name in FULL)
+  gxt.check_transform(factory(), cl.params(), needs_params=True, pmap=name in FULL)
   if name in BF16:                                          # z in bfloat16
     tx = factory(state_dtype=jnp.bfloat16)
-    gxt.check_transform(tx, _params(), needs_params=True, pmap=False)
-    state = tx.init(_params())
+    gxt.check_transform(tx, cl.params(), needs_params=True, pmap=False)
+    state = tx.init(cl.params())
     assert {x.dtype for x in jax.tree.leaves(state.z)} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_bfloat16_z_stays_close_to_optax_in_float32():
-  q, t = _train(FACTORIES["schedule_free_adamw"](state_dtype=jnp.bfloat16), _params(), 3)
-  p, s = _train(SF.schedule_free_adamw(0.01, 2, weight_decay=0.1), _params(), 3,
+  q, t = _train(FACTORIES["schedule_free_adamw"](state_dtype=jnp.bfloat16), cl.params(), 3)
+  p, s = _train(SF.schedule_free_adamw(0.01, 2, weight_decay=0.1), cl.params(), 3,
                 optax_apply=True)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(q))
   _close(q, p, rtol=1e-2, atol=1e-2)            # bfloat16 z: about 3 significant digits
@@ -318,9 +254,7 @@ def test_bfloat16_z_stays_close_to_optax_in_float32():
 
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_equal_by_value(name):
-  factory = FACTORIES[name]
-  assert factory() == factory() and hash(factory()) == hash(factory())
-  assert factory() != factory(state_dtype=jnp.bfloat16)
+  cl.assert_equal_by_value(FACTORIES[name], state_dtype=True)
 
 
 def test_different_hyperparameters_differ():
@@ -356,7 +290,7 @@ def test_bad_hyperparameters_raise_naming_them(call, message):
 def test_eval_params_of_a_state_without_schedule_free_is_a_key_error():
   with pytest.raises(KeyError, match="schedule_free_eval_params: the state holds no "
                                      "ScheduleFreeState"):
-    gx.schedule_free_eval_params(gx.adam(0.1).init(_params()), _params())
+    gx.schedule_free_eval_params(gx.adam(0.1).init(cl.params()), cl.params())
 
 
 def test_not_a_transform_is_a_type_error_and_params_are_required():
@@ -364,4 +298,4 @@ def test_not_a_transform_is_a_type_error_and_params_are_required():
     gx.schedule_free("sgd", 0.1)
   tx = gx.schedule_free(gx.sgd(0.1), 0.1)
   with pytest.raises(ValueError, match="schedule_free.update needs the current parameters"):
-    tx.update(_grads(), tx.init(_params()))
+    tx.update(cl.grads(), tx.init(cl.params()))

@@ -6,9 +6,10 @@ one block at a time with plain slicing (no padding, no batching), in closed loop
 equal-shape matrices, a 3-D leaf, a leaf with size-1 axis, a matrix larger than the block size
 (Shampoo) or than `max_precond_dim` on one axis (SOAP), a vector and a scalar; the refreshes
 at steps k, 2k are inside the run. Then: the refresh happens under `lax.cond` only every k-th
-step, statistics stay float32 for bfloat16 parameters, one batched `eigh` per matrix size in
-the compiled HLO, the contract (`gradxform.testing`, wrappers, equality by value, validation,
-checkpoints), and a small real task (an MLP on sklearn's digits) against Adam.
+step, statistics stay float32 for bfloat16 parameters, one `eigh` per matrix size in the
+compiled HLO, one matrix per LAPACK call on CPU (the former deadlock), the contract
+(`gradxform.testing`, wrappers, equality by value, validation, checkpoints), and a small real
+task (an MLP on sklearn's digits) against Adam.
 """
 
 import itertools
@@ -320,18 +321,29 @@ def test_statistics_stay_float32_for_bfloat16_params(factory):
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(u))
 
 
-def test_one_batched_eigh_per_matrix_size():
+def _lapack_batches(hlo):
+  """The leading (batch) dimension of each LAPACK custom call's first result in `hlo`."""
+  return [int(b) for b in re.findall(
+      r"= \(?[fc](?:32|64|128)\[(\d+),[^\n]*custom_call_target=\"lapack_", hlo)]
+
+
+def test_one_eigh_per_matrix_size_one_matrix_per_lapack_call():
   # Shampoo: (6, 5) × 2, (5, 6) and (12, 10) in blocks of 6 × 5 (those join the (6, 5)
-  # group): eleven statistics of two sizes, two eigh calls.
+  # group): eleven statistics of two sizes, two eigh calls. On CPU each decomposes one matrix
+  # at a time (`_batching.per_matrix`, in a loop): two batched LAPACK calls running together
+  # on XLA's intra-op pool threads could deadlock (the former hang, benchmarks/shampoo_hang.py).
   params = {**_matrices(), "e": jnp.ones((12, 10))}
   tx = gx.scale_by_shampoo(block_size=6)
   hlo = jax.jit(tx.update).lower(params, tx.init(params)).compile().as_text()
   assert len(re.findall(r"custom_call_target=\"[^\"]*syev", hlo)) == 2
-  # SOAP (no blocks): sizes 5, 6, 10 and 12, one eigh and one QR each.
+  assert _lapack_batches(hlo) == [1, 1]
+  # SOAP (no blocks): sizes 5, 6, 10 and 12, one eigh and one QR (geqrf, orgqr) each, all
+  # one matrix per call (the 5- and 6-size stacks hold four matrices each).
   tx = gx.scale_by_soap()
   hlo = jax.jit(tx.update).lower(params, tx.init(params)).compile().as_text()
   assert len(re.findall(r"custom_call_target=\"[^\"]*syev", hlo)) == 4
   assert len(re.findall(r"custom_call_target=\"[^\"]*geqrf", hlo)) == 4
+  assert _lapack_batches(hlo) == [1] * 12
 
 
 def test_equal_shape_leaves_equal_their_own_runs():

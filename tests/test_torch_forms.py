@@ -25,6 +25,7 @@ import optax
 import pytest
 from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
 
@@ -49,27 +50,14 @@ GX = {
 }
 
 
-def _torch_problem():
-  p = DATA["problem"]
-  arr = lambda tree: {k: np.asarray(v, np.float64) for k, v in tree.items()}
-  return arr(p["theta0"]), arr(p["c"]), arr(p["target"]), arr(p["noise"])
+def _averaged(params, state):
+  """torch's `ax` for ASGD (gx.asgd_average), the parameters themselves otherwise."""
+  return gx.asgd_average(state, params) if gx.tree_find(state, "averaged") else params
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _replay_torch(tx, theta0, c, target, noise):
-  """θ and the averaged parameters (or θ again when there are none) after every step."""
-
-  def body(carry, noise_t):
-    p, s = carry
-    g = jax.tree.map(lambda c_, th, t_, n: c_ * (th - t_) + n, c, p, target, noise_t)
-    u, s = tx.update(g, s, p)
-    p = gx.apply_updates(p, u)
-    is_asgd = gx.tree_find(s, "averaged")
-    avg = gx.asgd_average(s, p) if is_asgd else p
-    return (p, s), (p, avg)
-
-  _, out = jax.lax.scan(body, (theta0, tx.init(theta0)), noise)
-  return out
+def _replay_torch(tx):
+  """θ and the averaged parameters after every step on the stored problem."""
+  return cl.replay(tx, DATA["problem"], record=_averaged)
 
 
 def test_data_file_is_complete():
@@ -84,7 +72,7 @@ def test_data_file_is_complete():
 @pytest.mark.parametrize("name", sorted(OPTIM))
 def test_matches_torch_every_step(name):
   with jax.enable_x64(True):
-    traj, avg = jax.device_get(_replay_torch(GX[name], *_torch_problem()))
+    traj, avg = _replay_torch(GX[name])
   for k, expected in OPTIM[name]["trajectory"].items():
     assert traj[k].dtype == np.float64
     np.testing.assert_allclose(traj[k], np.asarray(expected), rtol=RTOL, atol=ATOL,
@@ -108,9 +96,8 @@ def test_asgd_average_starts_after_t0():
 def test_rprop_forms_differ_where_documented():
   """Out-of-bounds learning rate: only `always_clip=True` is torch's; in bounds both are."""
   with jax.enable_x64(True):
-    problem = _torch_problem()
-    plain, _ = jax.device_get(_replay_torch(gx.rprop(0.2, 0.3, 1.5, 1e-3, 0.1), *problem))
-    in_bounds, _ = jax.device_get(_replay_torch(gx.rprop(0.01), *problem))
+    plain, _ = _replay_torch(gx.rprop(0.2, 0.3, 1.5, 1e-3, 0.1))
+    in_bounds, _ = _replay_torch(gx.rprop(0.01))
   torch_moved = np.asarray(OPTIM["rprop_moved"]["trajectory"]["w"])
   assert np.max(np.abs(plain["w"] - torch_moved)) > 1e-2
   for k, expected in OPTIM["rprop"]["trajectory"].items():

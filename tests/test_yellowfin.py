@@ -15,26 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import serialization
 
+import closed_loop as cl
 import gradxform as gx
 import gradxform.testing as gxt
+from closed_loop import STEPS
 
-STEPS = 30
 RTOL = 1e-10
 ESTIMATES = ("h_min", "h_max", "variance", "distance", "mu_t", "alpha_t", "mu", "alpha")
-
-
-def _problem():
-  """Start, curvature and centre of `f(θ) = mean(½ a (θ − c)² + 0.3 sin θ)` (float64)."""
-  rng = np.random.default_rng(18)
-
-  def draw(shape):
-    return (rng.uniform(-2.0, 2.0, shape), rng.uniform(0.2, 3.0, shape),
-            rng.uniform(-1.0, 1.0, shape))
-
-  parts = {"w": draw((130, 129)), "v": draw((17,)), "s": draw(())}
-  return tuple({k: np.asarray(p[i]) for k, p in parts.items()} for i in range(3))
 
 
 # The loss is a mean over the 16 788 parameters, as a training loss is: YellowFin's curvature
@@ -47,7 +35,7 @@ def _np_grad(theta, a, c):
 
 
 def _jax_grad(theta, a, c):
-  return jax.tree.map(lambda t, a_, c_: SCALE * (a_ * (t - c_) + 0.3 * jnp.cos(t)), theta, a, c)
+  return jax.tree.map(lambda g: SCALE * g, cl.grad(theta, a, c))
 
 
 def _np_root(p):
@@ -135,7 +123,7 @@ CONFIGS = {
 def test_equals_numpy_reference_float64_every_step(name):
   kw = CONFIGS[name]
   with jax.enable_x64(True):
-    theta0, a, c = _problem()
+    theta0, a, c = cl.problem(18)   # f(θ) = mean(½ a (θ − c)² + 0.3 sin θ): see SCALE
     tx = gx.yellowfin(kw.get("lr", 1.0), beta=kw.get("beta", 0.999),
                       window=kw.get("window", 20), mu_factor=kw.get("mu_factor", 1.0),
                       log_curvature=kw.get("log_curvature", False))
@@ -208,34 +196,14 @@ FACTORIES = {
 }
 
 
-def _params():
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.3, -0.2]),
-          "s": jnp.asarray(0.7, jnp.float32)}
-
-
-def _grads(k=0):
-  return {"w": jnp.cos(jnp.arange(12.0) + k).reshape(3, 4), "b": jnp.array([-0.5, 0.25 + k]),
-          "s": jnp.asarray(0.4 - 0.3 * k, jnp.float32)}
-
-
-def _run(tx, params, steps=3, state=None, start=0):
-  state = tx.init(params) if state is None else state
-  outs = []
-  for k in range(start, start + steps):
-    grads = {key: g for key, g in _grads(k).items() if key in params}
-    u, state = tx.update(grads, state, params)
-    outs.append(u)
-  return outs, state
-
-
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_check_transform(name):
   factory = FACTORIES[name]
-  gxt.check_transform(factory(), _params())
+  gxt.check_transform(factory(), cl.params())
   tx = factory(state_dtype=jnp.bfloat16)                  # buffers in bfloat16
   if name == "scale_by_yellowfin":                        # (the chain adds nothing to check)
-    gxt.check_transform(tx, _params(), pmap=False)
-  state = tx.init(_params())
+    gxt.check_transform(tx, cl.params(), pmap=False)
+  state = tx.init(cl.params())
   inner = state[0] if name == "yellowfin" else state
   assert {x.dtype for x in jax.tree.leaves((inner.grad_mean, inner.trace))} == {
       jnp.dtype(jnp.bfloat16)}
@@ -244,33 +212,15 @@ def test_check_transform(name):
 
 def test_inject_hyperparams_learning_rate_factor():
   kwargs = dict(learning_rate=0.5, beta=0.9, mu_factor=0.7)
-  injected = gx.inject_hyperparams(gx.yellowfin)(**kwargs)
-  assert set(injected.init(_params()).hyperparams) == set(kwargs)
-  plain, _ = _run(gx.yellowfin(**kwargs), _params())
-  got, _ = _run(injected, _params())
-  for p, q in zip(plain, got):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-6, atol=1e-7), p, q)
-  full, _ = _run(gx.yellowfin(beta=0.9, mu_factor=0.7), _params())
+  cl.assert_inject_equals_plain(gx.yellowfin, kwargs)
+  got = cl.run(gx.inject_hyperparams(gx.yellowfin)(**kwargs), cl.params())[0]
+  full = cl.run(gx.yellowfin(beta=0.9, mu_factor=0.7), cl.params())[0]
   for p, q in zip(full, got):                             # the factor scales the tuned step
     jax.tree.map(lambda x, y: np.testing.assert_allclose(0.5 * x, y, rtol=2e-6), p, q)
-  state = injected.init(_params())
-  state = state._replace(hyperparams={**state.hyperparams, "learning_rate": jnp.asarray(0.0)})
-  u, _ = injected.update(_grads(), state, _params())
-  assert all(np.all(np.asarray(x) == 0.0) for x in jax.tree.leaves(u))
 
 
 def test_masked_and_partition_equal_the_optimizer_on_its_leaves():
-  opt = gx.yellowfin()
-  params = _params()
-  alone, _ = _run(opt, {"w": params["w"], "s": params["s"]})
-  masked, _ = _run(gx.masked(opt, {"w": True, "b": False, "s": True}), params)
-  grouped, _ = _run(gx.partition({"yf": opt, "sgd": gx.sgd(0.1)},
-                                 {"w": "yf", "b": "sgd", "s": "yf"}), params)
-  for k in range(3):
-    for key in ("w", "s"):
-      np.testing.assert_allclose(masked[k][key], alone[k][key], rtol=1e-6)
-      np.testing.assert_allclose(grouped[k][key], alone[k][key], rtol=1e-6)
-    np.testing.assert_allclose(grouped[k]["b"], -0.1 * _grads(k)["b"], rtol=1e-6)
+  cl.assert_masked_and_partition_match(gx.yellowfin(), passthrough=False)
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))
@@ -300,14 +250,11 @@ def test_bad_hyperparameters_raise_naming_them(call, message):
 
 def test_checkpoint_round_trip_and_exact_resume():
   tx = gx.yellowfin()
-  params = _params()
-  _, state = _run(tx, params, steps=4)
-  blob = serialization.to_bytes({"params": params, "opt": state})
-  restored = serialization.from_bytes({"params": params, "opt": tx.init(params)}, blob)
-  assert jax.tree.structure(restored["opt"]) == jax.tree.structure(state)
-  for x, y in zip(jax.tree.leaves(restored["opt"]), jax.tree.leaves(state)):
-    np.testing.assert_array_equal(x, y)
-  a, _ = _run(tx, params, steps=3, state=state, start=4)
-  b, _ = _run(tx, params, steps=3, state=restored["opt"], start=4)
+  params = cl.params()
+  _, state, _ = cl.run(tx, params, steps=4)
+  _, restored = cl.save_and_restore(params, state, params, tx.init(params))
+  cl.assert_identical(restored, state)
+  a = cl.run(tx, params, steps=3, state=state, start=4)[0]
+  b = cl.run(tx, params, steps=3, state=restored, start=4)[0]
   for p, q in zip(a, b):
     jax.tree.map(np.testing.assert_array_equal, p, q)

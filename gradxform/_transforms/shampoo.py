@@ -11,7 +11,8 @@ Batching: a leaf is cut into blocks of at most `block_size` along each axis (the
 an axis zero-padded, which preconditions it exactly as a smaller block); leaves whose blocks
 have the same shape and dtype are stacked and processed as one batch, and every statistic of
 the same size, across all groups and axes, goes through one batched `eigh` at a refresh (the
-grouping is `gradxform._batching`'s, shared with `orthogonalize` and `scale_by_soap`). The
+grouping is `gradxform._batching`'s, shared with `orthogonalize` and `scale_by_soap`; on CPU
+that `eigh` decomposes the batch's matrices in turn, see `_batching.per_matrix`). The
 helpers `along_axis` and `axis_statistic` here are shared with `gx.scale_by_soap`.
 """
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
-from gradxform._batching import by_shape, group_indices, stack, unstack
+from gradxform._batching import by_shape, group_indices, per_matrix, stack, unstack
 
 GRAFTINGS = ("adam", "sgd", "none")
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -60,7 +61,9 @@ def ema_weights(decay: Any) -> tuple[Any, Any]:
 
 
 def _eigh(mats: jax.Array) -> tuple[jax.Array, jax.Array]:
-  w, v = jnp.linalg.eigh(mats)
+  """Eigenvalues (ascending) and eigenvectors of a stack of symmetric matrices; on CPU one
+  matrix per LAPACK call (`per_matrix`: batched calls can deadlock there)."""
+  w, v = per_matrix(jnp.linalg.eigh)(mats)
   return w, v
 
 

@@ -5,7 +5,7 @@ orthogonal basis `Q_i` of its eigenvectors refreshed every `precondition_frequen
 (under `lax.switch`). Adam's second moment lives in the rotated coordinates; its first moment
 in the parameters' own. Batching as in `gx.scale_by_shampoo`: leaves of the same shape and
 dtype are one batch, and every `eigh` / `qr` of a refresh takes all the matrices of one size
-at once.
+at once (on CPU in turn, one LAPACK call per matrix: see `_batching.per_matrix`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
-from gradxform._batching import by_shape, group_indices, stack
+from gradxform._batching import by_shape, group_indices, per_matrix, stack
 from gradxform._transforms.shampoo import along_axis, axis_statistic, ema_weights
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -61,14 +61,15 @@ def _keep(operands: Any) -> tuple[list[list[jax.Array]], list[jax.Array]]:
 
 def _start(operands: Any) -> tuple[list[list[jax.Array]], list[jax.Array]]:
   stats, _, vs = operands
-  flat = iter(by_shape(_eigenbasis, [(s,) for group in stats for s in group.values()]))
+  items = [(s,) for group in stats for s in group.values()]
+  flat = iter(by_shape(per_matrix(_eigenbasis), items))
   return [[next(flat)[0] for _ in group] for group in stats], list(vs)
 
 
 def _refresh(operands: Any) -> tuple[list[list[jax.Array]], list[jax.Array]]:
   stats, bases, vs = operands
-  flat = iter(by_shape(_power_qr, [(s, q) for sg, qg in zip(stats, bases)
-                                  for s, q in zip(sg.values(), qg.values())]))
+  items = [(s, q) for sg, qg in zip(stats, bases) for s, q in zip(sg.values(), qg.values())]
+  flat = iter(by_shape(per_matrix(_power_qr), items))
   new_bases, new_vs = [], []
   for group, v in zip(stats, vs):
     qs = []
