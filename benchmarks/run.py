@@ -121,6 +121,8 @@ def make_tree(shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str,
 # Optimizers: the same algorithm in both libraries.
 
 LR, WD, MOMENTUM, MAX_NORM = 1e-3, 1e-2, 0.9, 1.0
+#: `gx_flatten_small`: `gx.flatten(tx, max_leaf_size=FLATTEN_SMALL)`, only small leaves packed.
+FLATTEN_SMALL = 1 << 14
 
 #: Minimal words (4-byte f32 values) read + written per parameter by one step incl. apply.
 WORDS = {
@@ -156,7 +158,7 @@ def build(lib: str, name: str, state_dtype: Any = None) -> Any:
   import optax
 
   import gradxform as gx
-  if lib in ("gx", "gx_flatten"):
+  if lib in ("gx", "gx_flatten", "gx_flatten_small"):
     sd = {} if state_dtype is None else {"state_dtype": state_dtype}
     tx = {
         "adam": lambda: gx.adam(LR, **sd),
@@ -166,6 +168,8 @@ def build(lib: str, name: str, state_dtype: Any = None) -> Any:
                                        gx.adamw(LR, weight_decay=WD, **sd)),
         "muon": lambda: gx.muon(LR, weight_decay=WD, **sd),
     }[name]()
+    if lib == "gx_flatten_small":
+      return gx.flatten(tx, max_leaf_size=FLATTEN_SMALL)
     return gx.flatten(tx) if lib == "gx_flatten" else tx
   if lib == "optax":
     return {
@@ -375,7 +379,7 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
   by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
   for r in rows:
     by_key.setdefault((r["tree"], r["optimizer"]), {})[r["lib"]] = r
-  order = ["gx", "gx_flatten", "optax", "torch_fused"]
+  order = ["gx", "gx_flatten", "gx_flatten_small", "optax", "torch_fused"]
   libs = sorted({r["lib"] for r in rows}, key=order.index)
   jax_libs = [lib for lib in libs if lib != "torch_fused"]
   head = ["tree", "leaves", "params", "optimizer"]
@@ -418,7 +422,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   ap.add_argument("--optimizers", default=None, help=f"comma list from {','.join(WORDS)} "
                   f"(default all; with --cpu-default all but {','.join(CPU_HEAVY_OPTIMIZERS)})")
   ap.add_argument("--libs", default="gx,optax",
-                  help="comma list from gx,optax,gx_flatten (gx.flatten(optimizer))")
+                  help="comma list from gx,optax,gx_flatten (gx.flatten(optimizer)),"
+                       "gx_flatten_small (gx.flatten(optimizer, max_leaf_size=16384))")
   ap.add_argument("--reps", type=int, default=None, help="timed steps (default 20; quick 3)")
   ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compile")
   ap.add_argument("--state-dtype", default=None, help="gradxform state_dtype, e.g. bfloat16")

@@ -38,9 +38,13 @@ SHAPES = [(7,), (3, 5), (16,), (2, 2, 3), (1,), (33,)]
 
 
 def many_leaf_tree(n: int, seed: int) -> dict:
+  """`n` leaves, ten per layer: `{"layer0": {"w0": ..., "w9": ...}, "layer1": ...}`."""
   rng = np.random.default_rng(seed)
-  return {f"layer{i // 10}": {f"w{i % 10}": jnp.asarray(
-      rng.normal(size=SHAPES[i % len(SHAPES)]).astype(np.float32))} for i in range(n)}
+  tree: dict = {}
+  for i in range(n):
+    tree.setdefault(f"layer{i // 10}", {})[f"w{i % 10}"] = jnp.asarray(
+        rng.normal(size=SHAPES[i % len(SHAPES)]).astype(np.float32))
+  return tree
 
 
 def grads_at(step: int, params: dict) -> dict:
@@ -70,7 +74,9 @@ def max_rel_diff(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def params():
-  return many_leaf_tree(60, 0)
+  tree = many_leaf_tree(60, 0)
+  assert len(jax.tree.leaves(tree)) == 60
+  return tree
 
 
 @pytest.mark.parametrize("name", sorted(GX))
@@ -92,15 +98,21 @@ def test_flatten_equals_per_leaf(name, params):
   assert max_rel_diff(flat, leafwise) < 1e-6
 
 
+#: The layouts compared with Optax: per leaf, and `gx.flatten` packing only the leaves of at
+#: most 10 elements (sizes 7 and 1 here; 12, 15, 16 and 33 stay leaves).
+LAYOUTS = {"per_leaf": lambda tx: tx, "flatten_small": lambda tx: gx.flatten(tx, max_leaf_size=10)}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(GX))
-def test_matches_optax_on_many_leaves(name, params):
+def test_matches_optax_on_many_leaves(name, layout, params):
   """The benchmark compares the same algorithm in both libraries.
 
   Measured on the total parameter change: SGD agrees bit for bit; the Adam family to ~1e-5 of
   the step, because Optax forms the bias correction `1 - 0.999**t` in float32 (0.999 is not a
   float32: 1.3e-5 relative error at t=1) where gradxform takes it exactly (`-expm1(t log b)`).
   """
-  mine, _ = run(GX[name](), params, 3, jit=True)
+  mine, _ = run(LAYOUTS[layout](GX[name]()), params, 3, jit=True)
   theirs, _ = run(OPTAX[name](), params, 3, jit=True, apply=optax.apply_updates)
   for p0, x, y in zip(jax.tree.leaves(params), jax.tree.leaves(mine), jax.tree.leaves(theirs)):
     dx = np.asarray(x, np.float64) - np.asarray(p0, np.float64)
@@ -124,3 +136,35 @@ def test_state_is_algorithm_words_plus_one_counter(name, params):
   assert _state_bytes(state) == STATE_WORDS[name] * 4 * n + 4
   half = GX[name](state_dtype=jnp.bfloat16).init(params)
   assert _state_bytes(half) == STATE_WORDS[name] * 2 * n + 4
+
+
+def test_flatten_max_leaf_size_layout_and_checkpoint(params):
+  """`max_leaf_size=10`: leaves of at most 10 elements packed per dtype in leaf order, larger
+  ones kept whole under their path; the state survives flax serialization and the resumed
+  run equals the uninterrupted one bit for bit."""
+  from flax import serialization
+  tx = gx.flatten(gx.adam(LR), max_leaf_size=10)
+  state = tx.init(params)
+  trace = state[0].trace
+  small = [x for x in jax.tree.leaves(params) if x.size <= 10]
+  large = {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_leaves_with_path(params)
+           if x.size > 10}
+  assert set(trace) == {"float32"} | {"leaf" + k for k in large}
+  assert trace["float32"].shape == (sum(x.size for x in small),)
+  for k, x in large.items():
+    assert trace["leaf" + k].shape == x.shape
+  assert "leaf['layer0']['w1']" in trace          # a (3, 5) leaf, by its path
+
+  p, s = run(tx, params, 2, jit=True)
+  restored = serialization.from_bytes(tx.init(params), serialization.to_bytes(s))
+  step = jax.jit(lambda p, s, g: (lambda u, s: (gx.apply_updates(p, u), s))(*tx.update(g, s, p)))
+  resumed, _ = step(p, restored, grads_at(2, params))
+  straight, _ = run(tx, params, 3, jit=True)
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "16"])
+def test_flatten_max_leaf_size_must_be_a_non_negative_integer(bad):
+  with pytest.raises((ValueError, TypeError), match="flatten: max_leaf_size"):
+    gx.flatten(gx.adam(LR), max_leaf_size=bad)

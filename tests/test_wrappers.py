@@ -313,6 +313,26 @@ def test_flatten_equals_plain(name):
   assert flat_state[0].trace["float32"].shape == (6 + 2 + 4 + 1,)
 
 
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum", "adamw"])
+def test_flatten_with_max_leaf_size_equals_plain_on_mixed_dtypes(name):
+  """Issue 19's rule for a fast path: the per-leaf result to float32 rounding, here on a tree
+  of float32 and bfloat16 leaves where some of each dtype are packed and some are not."""
+  make = {"adam": lambda: gx.adam(0.05), "sgd_momentum": lambda: gx.sgd(0.1, 0.9, nesterov=True),
+          "adamw": lambda: gx.adamw(0.05, weight_decay=0.1)}[name]
+  params = dict(_params(), half=jnp.ones((2, 2), jnp.bfloat16), tiny=jnp.ones(2, jnp.bfloat16),
+                scalar=jnp.float32(2.0))
+  tx = gx.flatten(make(), max_leaf_size=3)
+  flat_final, flat_state, _ = _run(tx, params=params, with_params=True)
+  plain_final, _, _ = _run(make(), params=params, with_params=True)
+  _close(flat_final, plain_final, 1e-6, 1e-7)
+  # packed: b (2) and scalar (1) as float32, tiny (2) as bfloat16; w, emb/table, half whole
+  assert set(flat_state[0].trace) == {"bfloat16", "float32", "leaf['w']", "leaf['half']",
+                                      "leaf['emb']['table']"}
+  assert flat_state[0].trace["float32"].shape == (3,)
+  assert flat_state[0].trace["bfloat16"].shape == (2,)
+  assert flat_state[0].trace["leaf['w']"].shape == (3, 2)
+
+
 def test_flatten_forwards_flat_raw_gradient():
   params = _params()
   rms = gx.scale_by_rms(0.9, 1e-8, eps_in_sqrt=False)
