@@ -25,13 +25,14 @@ FILES=$(ls tests/test_algorithms.py tests/test_modern.py tests/test_torch_optim.
   tests/test_loss_aware.py tests/test_lookahead_sam.py tests/test_torch_forms.py \
   tests/test_loss_scale.py tests/test_adafactor.py tests/test_muon.py tests/test_lbfgs.py \
   tests/test_schedule_free.py tests/test_lr_free_prodigy.py tests/test_parameter_free.py \
-  tests/test_shampoo_soap.py tests/test_yellowfin.py tests/test_int8_state.py 2>/dev/null)
+  tests/test_shampoo_soap.py tests/test_yellowfin.py tests/test_int8_state.py \
+  tests/test_fast_paths.py 2>/dev/null)
 GRADXFORM_TEST_ACCELERATOR=1 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -p no:cacheprovider \
   -n "${WORKERS:-8}" -rf --junitxml "$OUT/gpu_tests.xml" $FILES 2>&1 | tail -60 \
   | tee "$OUT/gpu_tests.txt"
 timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/run.py --device --check \
   --trees gpt2_small,resnet50,leaves2000x1000 --optimizers adam,adamw \
-  --libs gx,optax,gx_flatten --markdown "$OUT/bench.md" --json "$OUT/bench.jsonl" 2>&1 \
+  --libs gx,optax,gx_flatten,gx_flatten_small --markdown "$OUT/bench.md" --json "$OUT/bench.jsonl" 2>&1 \
   | tail -40 | tee "$OUT/bench.txt"
 timeout "${MUON_TIMEOUT:-120}" python3 benchmarks/run.py --check --trees gpt2_small \
   --optimizers muon --libs gx,optax --markdown "$OUT/bench_muon.md" \
