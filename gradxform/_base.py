@@ -186,9 +186,27 @@ def _complex_as_real_init(init: Callable[..., Any]) -> Callable[..., Any]:
   return real_init
 
 
+#: Extra keyword arguments that are functions of the parameters (SAM's `grad_fn`, a line
+#: search's `value_fn`): with complex parameters they are handed the real view.
+_PARAMS_FUNCTIONS = ("grad_fn", "value_fn")
+
+
+def _on_real_view(name: str, fn: Callable[..., Any], like: Any) -> Callable[..., Any]:
+  """`fn` (of complex params) as a function of their real view; `grad_fn`'s gradient is
+  returned as a real view too. `functools.wraps` keeps `fn`'s signature for introspection."""
+
+  @functools.wraps(fn)
+  def on_real(p, *args, **kwargs):
+    out = fn(_complex.from_real(p, like), *args, **kwargs)
+    return _complex.to_real(out) if name == "grad_fn" else out
+
+  return on_real
+
+
 def _complex_as_real_update(update: Callable[..., Any]) -> Callable[..., Any]:
-  """`update` on the real views of complex updates, params and raw gradient; the updates it
-  returns are complex again where the incoming ones were."""
+  """`update` on the real views of complex updates, params and raw gradient (and of the
+  argument of `grad_fn` / `value_fn`); the updates it returns are complex again where the
+  incoming ones were."""
 
   @functools.wraps(update)
   def real_update(updates, state, params=None, **extra):
@@ -198,6 +216,9 @@ def _complex_as_real_update(update: Callable[..., Any]) -> Callable[..., Any]:
       return update(updates, state, params, **extra)
     if grad is not None:
       extra = {**extra, GRAD_KEY: _complex.to_real(grad)}
+    like = updates if params is None else params
+    extra = {k: (_on_real_view(k, v, like) if k in _PARAMS_FUNCTIONS and callable(v) else v)
+             for k, v in extra.items()}
     out, state = update(_complex.to_real(updates), state, _complex.to_real(params), **extra)
     return _complex.from_real(out, updates), state
 

@@ -169,3 +169,69 @@ def test_modern_optimizers_on_complex_equal_optax_on_the_real_view(name):
       lambda o, z: np.asarray(o)[..., 0] + 1j * np.asarray(o)[..., 1] if np.iscomplexobj(z)
       else np.asarray(o), p, params)
   chex.assert_trees_all_close(jax.tree.map(np.asarray, got), expected, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Functions of the parameters (SAM's grad_fn, a line search's value_fn) see complex params.
+
+_A = np.linspace(0.5, 2.0, 12).reshape(3, 4)
+
+
+def _f_real(x):
+  """A smooth objective of the real view `x` (shape (3, 4, 2)): quadratic plus a sine."""
+  return jnp.sum(0.5 * _A[..., None] * (x - 0.3) ** 2 + 0.2 * jnp.sin(2.0 * x))
+
+
+def _to_real(z):
+  return jnp.stack([z.real, z.imag], -1)
+
+
+def _f_complex(z):
+  """The same objective written for the complex parameters `z` (shape (3, 4))."""
+  return _f_real(_to_real(z))
+
+
+def _grad_complex(z):
+  """The complex gradient in torch's convention: real view = ∇ of `_f_real`."""
+  g = jax.grad(_f_real)(_to_real(z))
+  return jax.lax.complex(g[..., 0], g[..., 1])
+
+
+def test_lbfgs_line_search_value_fn_on_complex_equals_optax_on_the_real_view():
+  """`value_fn` written for complex params: gx.lbfgs (zoom search) on `z` takes the steps
+  optax.lbfgs takes on the real view, at every iterate (float64)."""
+  import optax
+  with jax.enable_x64(True):
+    z0 = jnp.asarray((np.arange(12.0).reshape(3, 4) - 5.0) / 4.0 * (1 + 0.5j))
+    tx, ox = gx.lbfgs(), optax.lbfgs()
+    z, s = z0, tx.init(z0)
+    x, os_ = _to_real(z0), ox.init(_to_real(z0))
+    for t in range(8):
+      g = _grad_complex(z)
+      u, s = tx.update(g, s, z, value=_f_complex(z), grad=g, value_fn=_f_complex)
+      z = gx.apply_updates(z, u)
+      v, gx_real = jax.value_and_grad(_f_real)(x)
+      ou, os_ = ox.update(gx_real, os_, x, value=v, grad=gx_real, value_fn=_f_real)
+      x = optax.apply_updates(x, ou)
+      np.testing.assert_allclose(np.asarray(_to_real(z)), np.asarray(x), rtol=1e-10,
+                                 atol=1e-12, err_msg=f"step {t + 1}")
+    assert float(_f_complex(z)) < 0.5 * float(_f_complex(z0))
+
+
+def test_sam_grad_fn_on_complex_equals_the_paper_on_the_real_view():
+  """`grad_fn` written for complex params: SAM over SGD on `z` equals a NumPy SAM step from
+  Foret et al. on the real view (ε = ρ g/‖g‖, θ ← θ − η ∇f(θ + ε))."""
+  lr, rho = 0.1, 0.05
+  with jax.enable_x64(True):
+    z = jnp.asarray((np.arange(12.0).reshape(3, 4) - 5.0) / 4.0 * (1 - 0.7j))
+    x = np.asarray(_to_real(z))
+    tx = gx.sam(gx.sgd(lr), rho=rho)
+    s = tx.init(z)
+    for t in range(5):
+      u, s = tx.update(_grad_complex(z), s, z, grad_fn=_grad_complex)
+      z = gx.apply_updates(z, u)
+      g = np.asarray(jax.grad(_f_real)(jnp.asarray(x)))
+      eps = rho * g / np.sqrt(np.sum(g * g))
+      x = x - lr * np.asarray(jax.grad(_f_real)(jnp.asarray(x + eps)))
+      np.testing.assert_allclose(np.asarray(_to_real(z)), x, rtol=1e-12, atol=1e-14,
+                                 err_msg=f"step {t + 1}")

@@ -15,7 +15,8 @@ Optax's, the keyword arguments
   very direction the line search received, it is computed from `value_fn`.
 
 Extra keyword arguments that `value_fn` does not take are ignored (the chain protocol passes its
-own); Optax raises `TypeError` for them.
+own); Optax raises `TypeError` for them. With complex parameters `value_fn` is written for
+them as they are; the search runs on their real view (pairs of reals, as every transform).
 """
 
 from __future__ import annotations

@@ -99,8 +99,9 @@ def sam(base_optimizer: GradientTransformation, rho: float = 0.05, *,
   optimizer `chain(normalize(), sgd(rho))`) gives every second step the same parameters.
 
   `grad_fn` is a function, not an array: call `update` inside the jitted training step (where
-  `grad_fn` closes over the batch), not through `jax.jit(tx.update)`. Complex parameters:
-  `grad_fn` would receive their real view; use `gx.sam_perturbation` in a hand-written step.
+  `grad_fn` closes over the batch), not through `jax.jit(tx.update)`. With complex
+  parameters, `grad_fn` is called with complex parameters and returns their complex gradient
+  (torch's convention, real view = the gradient of the real pairs).
 
   Args:
     base_optimizer: the optimizer that takes the step (SGD with momentum in the paper).
