@@ -69,6 +69,21 @@ def _adam_correction(b1: Any, b2: Any, count: jax.Array) -> jax.Array:
           / _numerics.one_minus_decay_power(b1, count + 1))
 
 
+def _adam_step_inputs(where: str, learning_rate: ScalarOrSchedule, b1: Any, b2: Any,
+                      updates: Any, state: Any, params: Any, extra: dict[str, Any]
+                      ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+  """Prodigy's and D-Adapt Adam's step inputs: the parameters, the step count, the bias
+  correction `√(1 − β2^t) / (1 − β1^t)` and `d γ` times it (`dlr`), in `d`'s dtype."""
+  params = require_params(where, params)
+  if not trees_checked(extra):
+    _tree.check_updates(where, state.mu, updates)
+  count = step_count(state, extra)
+  d = state.estim_lr
+  corr = _adam_correction(b1, b2, count).astype(d.dtype)
+  dlr = d * jnp.asarray(_schedule_value(learning_rate, count), d.dtype) * corr
+  return params, count, corr, dlr
+
+
 class ProdigyState(NamedTuple):
   """State of `scale_by_prodigy`."""
   # int32 scalar: updates so far (None: the chain's counter is used)
@@ -141,14 +156,10 @@ def scale_by_prodigy(learning_rate: ScalarOrSchedule = 1.0,
                         numerator_weighted=jnp.zeros([], sdt))
 
   def update(updates, state, params=None, **extra):
-    params = require_params(where, params)
-    if not trees_checked(extra):
-      _tree.check_updates(where, state.mu, updates)
-    count = step_count(state, extra)
+    params, count, corr, dlr = _adam_step_inputs(where, learning_rate, b1, b2, updates, state,
+                                                 params, extra)
     d = state.estim_lr
     sdt = d.dtype
-    corr = _adam_correction(b1, b2, count).astype(sdt)
-    dlr = d * jnp.asarray(_schedule_value(learning_rate, count), sdt) * corr
     inner = _vdot(updates, jax.tree.map(lambda p0, p: p0 - p, state.params0, params), sdt)
     s_weight = d * d / estim_lr0 if safeguard_warmup else dlr * d / estim_lr0
 
@@ -174,10 +185,10 @@ def scale_by_prodigy(learning_rate: ScalarOrSchedule = 1.0,
       return _numerics.cast(step.astype(cd) * out, g.dtype)
 
     out = jax.tree.map(direction, updates, mu, nu, params)
-    cast_back = lambda new, old: jax.tree.map(lambda x, y: _numerics.cast(x, y.dtype), new, old)
-    return out, ProdigyState(count=next_count(state, count), mu=cast_back(mu, state.mu),
-                             nu=cast_back(nu, state.nu),
-                             grad_sum=cast_back(grad_sum, state.grad_sum),
+    return out, ProdigyState(count=next_count(state, count),
+                             mu=_numerics.cast_like(mu, state.mu),
+                             nu=_numerics.cast_like(nu, state.nu),
+                             grad_sum=_numerics.cast_like(grad_sum, state.grad_sum),
                              params0=state.params0, estim_lr=new_d,
                              numerator_weighted=numerator.astype(sdt))
 
@@ -246,14 +257,10 @@ def scale_by_dadapt_adam(learning_rate: ScalarOrSchedule = 1.0,
                            numerator_weighted=jnp.zeros([], sdt))
 
   def update(updates, state, params=None, **extra):
-    params = require_params(where, params)
-    if not trees_checked(extra):
-      _tree.check_updates(where, state.mu, updates)
-    count = step_count(state, extra)
+    params, count, _, dlr = _adam_step_inputs(where, learning_rate, b1, b2, updates, state,
+                                              params, extra)
     d = state.estim_lr
     sdt = d.dtype
-    corr = _adam_correction(b1, b2, count).astype(sdt)
-    dlr = d * jnp.asarray(_schedule_value(learning_rate, count), sdt) * corr
     weighted_s = jax.tree.map(lambda s, v: s / (jnp.sqrt(v) + eps), state.grad_sum, state.nu)
     inner = _vdot(updates, weighted_s, sdt)
 
@@ -279,10 +286,10 @@ def scale_by_dadapt_adam(learning_rate: ScalarOrSchedule = 1.0,
       return _numerics.cast(out, g.dtype)
 
     out = jax.tree.map(direction, updates, mu, nu, params)
-    cast_back = lambda new, old: jax.tree.map(lambda x, y: _numerics.cast(x, y.dtype), new, old)
-    return out, DAdaptAdamState(count=next_count(state, count), mu=cast_back(mu, state.mu),
-                                nu=cast_back(nu, state.nu),
-                                grad_sum=cast_back(grad_sum, state.grad_sum),
+    return out, DAdaptAdamState(count=next_count(state, count),
+                                mu=_numerics.cast_like(mu, state.mu),
+                                nu=_numerics.cast_like(nu, state.nu),
+                                grad_sum=_numerics.cast_like(grad_sum, state.grad_sum),
                                 estim_lr=new_d, numerator_weighted=numerator.astype(sdt))
 
   return GradientTransformation(init, update)

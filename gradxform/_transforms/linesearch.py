@@ -82,6 +82,18 @@ def _value_and_grad_at(updates: Any, params: Any, value_fn: Callable[..., Any],
   return value, grad
 
 
+def _search_start(where: str, updates: Any, params: Any, extra: dict[str, Any]
+                  ) -> tuple[Any, Any, dict[str, Any], jax.Array, Any, Any]:
+  """What both searches start from: the parameters, `value_fn` and the keyword arguments it
+  takes, `f(θ)` (in the parameters' value dtype, also returned) and `∇f(θ)`."""
+  params = require_params(where, params)
+  value_fn: Any = extra.get("value_fn")      # checked callable by _objective_kwargs
+  kwargs = _objective_kwargs(where, value_fn, extra)
+  value0, grad0 = _value_and_grad_at(updates, params, value_fn, kwargs, extra)
+  dt = _value_dtype(params)
+  return params, value_fn, kwargs, jnp.asarray(value0, dt), grad0, dt
+
+
 def _scaled(step: jax.Array, updates: Any) -> Any:
   return jax.tree.map(lambda u: _numerics.cast(step * u, u.dtype), updates)
 
@@ -242,12 +254,7 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: float
     return jnp.where(jnp.isnan(error), jnp.inf, error)
 
   def update(updates, state, params=None, **extra):
-    params = require_params(where, params)
-    value_fn = extra.get("value_fn")
-    kwargs = _objective_kwargs(where, value_fn, extra)
-    value0, grad0 = _value_and_grad_at(updates, params, value_fn, kwargs, extra)
-    dt = _value_dtype(params)
-    value0 = jnp.asarray(value0, dt)
+    params, value_fn, kwargs, value0, grad0, dt = _search_start(where, updates, params, extra)
     grad0 = jax.tree.map(lambda a, p: _numerics.cast(jnp.asarray(a), jnp.result_type(p)),
                          grad0, params)
     slope0 = _numerics.cast(_vdot(updates, grad0), dt)
@@ -456,12 +463,7 @@ def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: fl
                                         decrease_error=inf))
 
   def update(updates, state, params=None, **extra):
-    params = require_params(where, params)
-    value_fn = extra.get("value_fn")
-    kwargs = _objective_kwargs(where, value_fn, extra)
-    value0, grad0 = _value_and_grad_at(updates, params, value_fn, kwargs, extra)
-    dt = _value_dtype(params)
-    value0 = jnp.asarray(value0, dt)
+    params, value_fn, kwargs, value0, grad0, dt = _search_start(where, updates, params, extra)
     slope0 = _numerics.cast(_vdot(updates, grad0), dt)
 
     def body(carry):
@@ -568,7 +570,7 @@ def value_and_grad_from_state(value_fn: Callable[..., Any]) -> Callable[..., tup
     def compute(p, a, kw):
       v, g = jax.value_and_grad(value_fn)(p, *a, **kw)
       return (_numerics.cast(jnp.asarray(v), value.dtype),
-              jax.tree.map(lambda x, y: _numerics.cast(x, y.dtype), g, grad))
+              _numerics.cast_like(g, grad))
 
     return jax.lax.cond(jnp.isfinite(value), lambda p, a, kw: (value, grad), compute,
                         params, args, kwargs)

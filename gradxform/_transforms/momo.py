@@ -52,6 +52,41 @@ def _scalars(params: Any, lower_bound: Any) -> tuple[jax.Array, jax.Array, jax.A
   return zero, zero, jnp.asarray(lower_bound, dtype)
 
 
+def _inputs(where: str, learning_rate: Any, updates: Any, state: Any, params: Any,
+            extra: dict[str, Any]) -> tuple[Any, jax.Array, jax.Array, Any, jax.Array]:
+  """The parameters, loss value, step count, scalar dtype and learning rate of one step."""
+  params = require_params(where, params)
+  value = loss_value(where, extra)
+  if not trees_checked(extra):
+    _tree.check_updates(where, state.exp_avg, updates)
+  count = step_count(state, extra)
+  sd = state.barf.dtype
+  alpha = jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate, sd)
+  return params, value, count, sd, alpha
+
+
+def _step_size(barf: jax.Array, gamma: jax.Array, iprod: jax.Array, norm: jax.Array,
+               state_lb: jax.Array, alpha: jax.Array, weight_decay: Any, lower_bound: Any,
+               adapt_lower_bound: bool, bc1: Any = 1.0
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """MoMo's truncated Polyak step `τ`, the decay's shrink factor and the next lower bound
+  (Algorithms 1-3 of the paper; `bc1` is MoMo-Adam's `1 − β₁^t`, 1 for MoMo)."""
+  decay = 1.0 + alpha * weight_decay
+  lb = state_lb
+  if adapt_lower_bound:
+    cap = decay * (barf - gamma) + iprod
+    lb = jnp.where(cap < decay * bc1 * lb,
+                   jnp.maximum(cap / (2.0 * bc1 * decay), lower_bound), lb)
+  small = norm <= TINY
+  t1 = (jnp.maximum(decay * (barf - bc1 * lb - gamma) + iprod, 0.0)
+        / jnp.where(small, 1.0, norm))
+  tau = jnp.minimum(alpha / bc1, jnp.where(small, 0.0, t1))
+  shrink = alpha * weight_decay / decay
+  new_lb = (jnp.maximum((barf + iprod - gamma - 0.5 * tau * norm) / bc1,
+                        lower_bound).astype(state_lb.dtype) if adapt_lower_bound else state_lb)
+  return tau, shrink, new_lb
+
+
 @transform(shares_count=True, hyperparams=("learning_rate", "beta", "lower_bound",
                                            "weight_decay"))
 def scale_by_momo(learning_rate: ScalarOrSchedule = 1.0, beta: float = 0.9,
@@ -100,32 +135,18 @@ def scale_by_momo(learning_rate: ScalarOrSchedule = 1.0, beta: float = 0.9,
                      barf=barf, gamma=gamma, lb=lb)
 
   def update(updates, state, params=None, **extra):
-    params = require_params(where, params)
-    value = loss_value(where, extra)
-    if not trees_checked(extra):
-      _tree.check_updates(where, state.exp_avg, updates)
-    count = step_count(state, extra)
-    sd = state.barf.dtype
-    alpha = jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate, sd)
+    params, value, count, sd, alpha = _inputs(where, learning_rate, updates, state, params,
+                                              extra)
     bt = jnp.where(count == 0, 0.0, beta).astype(sd)
     barf = bt * state.barf + (1.0 - bt) * value.astype(sd)
     exp_avg = jax.tree.map(lambda m, g: _numerics.ema(m, g, bt), state.exp_avg, updates)
     gamma = bt * state.gamma + (1.0 - bt) * tree_vdot(updates, params, sd)
     norm = tree_vdot(exp_avg, exp_avg, sd)
     iprod = tree_vdot(exp_avg, params, sd)
-    decay = 1.0 + alpha * weight_decay
-    lb = state.lb
-    if adapt_lower_bound:
-      cap = decay * (barf - gamma) + iprod
-      lb = jnp.where(cap < decay * lb, jnp.maximum(cap / (2.0 * decay), lower_bound), lb)
-    small = norm <= TINY
-    t1 = jnp.maximum(decay * (barf - lb - gamma) + iprod, 0.0) / jnp.where(small, 1.0, norm)
-    tau = jnp.minimum(alpha, jnp.where(small, 0.0, t1))
-    shrink = alpha * weight_decay / decay
+    tau, shrink, new_lb = _step_size(barf, gamma, iprod, norm, state.lb, alpha, weight_decay,
+                                     lower_bound, adapt_lower_bound)
     out = jax.tree.map(lambda m, p, g: _numerics.cast(-shrink * p - tau * m, g.dtype),
                        exp_avg, params, updates)
-    new_lb = (jnp.maximum(barf + iprod - gamma - 0.5 * tau * norm, lower_bound).astype(sd)
-              if adapt_lower_bound else state.lb)
     return out, MomoState(count=next_count(state, count),
                           exp_avg=_numerics.cast_like(exp_avg, state.exp_avg),
                           barf=barf.astype(sd), gamma=gamma.astype(sd), lb=new_lb)
@@ -184,13 +205,8 @@ def scale_by_momo_adam(learning_rate: ScalarOrSchedule = 1e-2, b1: float = 0.9,
                          barf=barf, gamma=gamma, lb=lb)
 
   def update(updates, state, params=None, **extra):
-    params = require_params(where, params)
-    value = loss_value(where, extra)
-    if not trees_checked(extra):
-      _tree.check_updates(where, state.exp_avg, updates)
-    count = step_count(state, extra)
-    sd = state.barf.dtype
-    alpha = jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate, sd)
+    params, value, count, sd, alpha = _inputs(where, learning_rate, updates, state, params,
+                                              extra)
     bc1 = _numerics.one_minus_decay_power(b1, count + 1).astype(sd)
     bc2 = _numerics.one_minus_decay_power(b2, count + 1).astype(sd)
     barf = b1 * state.barf + (1.0 - b1) * value.astype(sd)
@@ -202,21 +218,10 @@ def scale_by_momo_adam(learning_rate: ScalarOrSchedule = 1e-2, b1: float = 0.9,
     norm = tree_vdot(exp_avg, direction, sd)
     gamma = b1 * state.gamma + (1.0 - b1) * tree_vdot(updates, params, sd)
     iprod = tree_vdot(exp_avg, params, sd)
-    decay = 1.0 + alpha * weight_decay
-    lb = state.lb
-    if adapt_lower_bound:
-      cap = decay * (barf - gamma) + iprod
-      lb = jnp.where(cap < decay * bc1 * lb,
-                     jnp.maximum(cap / (2.0 * bc1 * decay), lower_bound), lb)
-    small = norm <= TINY
-    t1 = (jnp.maximum(decay * (barf - bc1 * lb - gamma) + iprod, 0.0)
-          / jnp.where(small, 1.0, norm))
-    tau = jnp.minimum(alpha / bc1, jnp.where(small, 0.0, t1))
-    shrink = alpha * weight_decay / decay
+    tau, shrink, new_lb = _step_size(barf, gamma, iprod, norm, state.lb, alpha, weight_decay,
+                                     lower_bound, adapt_lower_bound, bc1)
     out = jax.tree.map(lambda d, p, g: _numerics.cast(-shrink * p - tau * d, g.dtype),
                        direction, params, updates)
-    new_lb = (jnp.maximum((barf + iprod - gamma - 0.5 * tau * norm) / bc1,
-                          lower_bound).astype(sd) if adapt_lower_bound else state.lb)
     return out, MomoAdamState(count=next_count(state, count),
                               exp_avg=_numerics.cast_like(exp_avg, state.exp_avg),
                               exp_avg_sq=_numerics.cast_like(exp_avg_sq, state.exp_avg_sq),
