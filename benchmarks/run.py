@@ -158,7 +158,7 @@ def build(lib: str, name: str, state_dtype: Any = None) -> Any:
   import optax
 
   import gradxform as gx
-  if lib in ("gx", "gx_flatten", "gx_flatten_small"):
+  if lib in ("gx", "gx_fused", "gx_flatten", "gx_flatten_small"):
     sd = {} if state_dtype is None else {"state_dtype": state_dtype}
     tx = {
         "adam": lambda: gx.adam(LR, **sd),
@@ -188,6 +188,9 @@ def make_step(lib: str, tx: Any) -> Callable[..., Any]:
 
   import gradxform as gx
   apply = optax.apply_updates if lib == "optax" else gx.apply_updates
+  if lib == "gx_fused":
+    return jax.jit(lambda params, state, grads: gx.update_and_apply(tx, grads, state, params),
+                   donate_argnums=(0, 1))
 
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
@@ -379,15 +382,17 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
   by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
   for r in rows:
     by_key.setdefault((r["tree"], r["optimizer"]), {})[r["lib"]] = r
-  order = ["gx", "gx_flatten", "gx_flatten_small", "optax", "torch_fused"]
+  order = ["gx", "gx_fused", "gx_flatten", "gx_flatten_small", "optax", "torch_fused"]
   libs = sorted({r["lib"] for r in rows}, key=order.index)
   jax_libs = [lib for lib in libs if lib != "torch_fused"]
   head = ["tree", "leaves", "params", "optimizer"]
   for lib in libs:
     head += [f"{lib} step ms"] + ([f"{lib} compile s"] if lib != "torch_fused" else [])
   head += ["step gx/optax", "compile optax/gx"]
+  if "gx_fused" in libs:
+    head += ["step gx_fused/optax", "compile optax/gx_fused"]
   if "torch_fused" in libs:
-    head += ["step gx/torch"]
+    head += ["step gx/torch"] + (["step gx_fused/torch"] if "gx_fused" in libs else [])
   head += [f"gx BW / {bw_name}", "state B/param gx/optax", "kernels " + "/".join(jax_libs)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for (tree, opt), per in by_key.items():
@@ -398,11 +403,15 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
       n = 1 if lib == "torch_fused" else 2
       cells += ([f"{r['step_s'] * 1e3:.3f}", f"{r['total_compile_s']:.2f}"][:n] if r
                 else ["", ""][:n])
-    gx, ox, tt = per.get("gx"), per.get("optax"), per.get("torch_fused")
-    cells.append(f"{gx['step_s'] / ox['step_s']:.2f}" if gx and ox else "")
-    cells.append(f"{ox['total_compile_s'] / gx['total_compile_s']:.2f}" if gx and ox else "")
+    gx, ox, tt, fu = (per.get(k) for k in ("gx", "optax", "torch_fused", "gx_fused"))
+    pairs = [(gx, ox)] + ([(fu, ox)] if "gx_fused" in libs else [])
+    for mine, theirs in pairs:
+      cells.append(f"{mine['step_s'] / theirs['step_s']:.2f}" if mine and theirs else "")
+      cells.append(f"{theirs['total_compile_s'] / mine['total_compile_s']:.2f}"
+                   if mine and theirs else "")
     if "torch_fused" in libs:
-      cells.append(f"{gx['step_s'] / tt['step_s']:.2f}" if gx and tt else "")
+      for mine in [gx] + ([fu] if "gx_fused" in libs else []):
+        cells.append(f"{mine['step_s'] / tt['step_s']:.2f}" if mine and tt else "")
     cells.append(f"{gx['achieved_bytes_per_s'] / bw:.2f}" if gx else "")
     cells.append(" / ".join(f"{per[lib]['state_bytes_per_param']:.2f}" for lib in ("gx", "optax")
                             if lib in per))
@@ -423,7 +432,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                   f"(default all; with --cpu-default all but {','.join(CPU_HEAVY_OPTIMIZERS)})")
   ap.add_argument("--libs", default="gx,optax",
                   help="comma list from gx,optax,gx_flatten (gx.flatten(optimizer)),"
-                       "gx_flatten_small (gx.flatten(optimizer, max_leaf_size=16384))")
+                       "gx_flatten_small (gx.flatten(optimizer, max_leaf_size=16384)), "
+                       "gx_fused (gx.update_and_apply: the fused CPU kernel where it applies)")
   ap.add_argument("--reps", type=int, default=None, help="timed steps (default 20; quick 3)")
   ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compile")
   ap.add_argument("--state-dtype", default=None, help="gradxform state_dtype, e.g. bfloat16")

@@ -17,12 +17,14 @@ from gradxform._base import GradientTransformation
 from gradxform._base import apply_updates
 from gradxform._base import chain
 from gradxform._base import identity
+from gradxform._base import kernel_status
 from gradxform._base import named_chain
 # --- the chain protocol: declaring a transform, reading what its chain passes ---------------
 from gradxform._base import next_count
 from gradxform._base import raw_gradient
 from gradxform._base import step_count
 from gradxform._base import transform
+from gradxform._base import update_and_apply
 from gradxform._base import trees_checked
 
 # --- primitives ---------------------------------------------------------------------------

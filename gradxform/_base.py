@@ -102,6 +102,18 @@ def meta(tx: GradientTransformation, name: str) -> Any:
   return getattr(tx.update, "meta", {}).get(name, False)
 
 
+def fusable(tx: GradientTransformation, kind: str, **values: Any) -> GradientTransformation:
+  """`tx`, declaring that it computes the `kind` step of `gradxform._fused` with `values`.
+
+  A fused kernel may then run `tx` together with its neighbours in a chain (see
+  `update_and_apply`); `values` are the numbers (floats or traced scalars) the step uses.
+  """
+  fn, info = (tx.update.fn, dict(tx.update.meta)) if isinstance(tx.update, Fn) else (
+      tx.update, {})
+  info["fusable"] = (kind, values)
+  return GradientTransformation(tx.init, Fn(fn, None, **info))
+
+
 def transform(factory: Callable[..., GradientTransformation] | None = None, *,
               shares_count: bool = False, accumulates: bool = False,
               hyperparams: Sequence[str] | str = ()) -> Any:
@@ -440,8 +452,9 @@ class _Chain:
           jnp.shape(x) for x in jax.tree.leaves(got)]
     return matches
 
-  def update(self, updates: Updates, state: Any, params: Params | None,
-             extra: dict[str, Any]) -> tuple[Updates, Any]:
+  def _start(self, updates: Updates, state: Any, params: Params | None,
+             extra: dict[str, Any]) -> tuple[list[Any], dict[str, Any], Any, Any]:
+    """The parts' states, the extras to pass them, the raw gradient and the shared count."""
     states: list[Any] = [None] * len(self.parts)
     _unnest(self.name, self.layout, state, states)
     extra = dict(extra)
@@ -452,7 +465,14 @@ class _Chain:
     grad = extra.pop(GRAD_KEY, None)
     count = next((s.count for tx, s in zip(self.parts, states)
                   if _shares(tx, s) and s.count is not None), None)
-    for i, (tx, s, passes) in enumerate(zip(self.parts, states, self.passes)):
+    return states, extra, grad, count
+
+  def _run(self, parts: range, updates: Updates, states: list[Any], params: Params | None,
+           extra: dict[str, Any], grad: Any, count: Any) -> tuple[Updates, Any]:
+    """Runs `parts` in order, replacing their entries of `states`; returns the updates and
+    the raw gradient that later parts see."""
+    for i in parts:
+      tx, s, passes = self.parts[i], states[i], self.passes[i]
       raw = updates if grad is None else grad
       if not passes:
         updates, states[i] = tx.update(updates, s, params)
@@ -462,7 +482,30 @@ class _Chain:
         updates, states[i] = tx.update(updates, s, params, **extra, grad=raw)
       if grad is None and meta(tx, "accumulates"):
         grad = raw
+    return updates, grad
+
+  def update(self, updates: Updates, state: Any, params: Params | None,
+             extra: dict[str, Any]) -> tuple[Updates, Any]:
+    states, extra, grad, count = self._start(updates, state, params, extra)
+    updates, _ = self._run(range(len(self.parts)), updates, states, params, extra, grad, count)
     return updates, _nest(self.layout, states)
+
+  def update_and_apply(self, grads: Updates, state: Any, params: Params) -> tuple[Params, Any]:
+    """`update`, then `apply_updates`; the fused tail (if any) runs as one kernel instead."""
+    from gradxform._fused import adam  # local: the fused kernels build on this module
+    states, extra, grad, count = self._start(grads, state, params, {})
+    n = len(self.parts)
+    tail = adam.plan(self.parts)
+    start = n if tail is None else tail.start
+    updates, grad = self._run(range(start), grads, states, params, extra, grad, count)
+    if tail is not None:
+      fused = adam.apply(tail, updates, states[start:], params, count,
+                         checked=bool(extra.get(CHECKED_KEY)), grad=grad)
+      if fused is not None:
+        params, states[start:] = fused
+        return params, _nest(self.layout, states)
+      updates, _ = self._run(range(start, n), updates, states, params, extra, grad, count)
+    return apply_updates(params, updates), _nest(self.layout, states)
 
 
 @transform
@@ -493,7 +536,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return flat.update(updates, state, params, extra)
 
   return GradientTransformation(
-      flat.init, Fn(update, None, chain_parts={"parts": tuple(parts), "names": None}))
+      flat.init, Fn(update, None, chain_parts={"parts": tuple(parts), "names": None},
+                    flat_chain=flat))
 
 
 @transform
@@ -519,7 +563,8 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
     return flat.update(updates, state, params, extra)
 
   return GradientTransformation(
-      flat.init, Fn(update, None, chain_parts={"parts": tuple(parts), "names": tuple(names)}))
+      flat.init, Fn(update, None, chain_parts={"parts": tuple(parts), "names": tuple(names)},
+                    flat_chain=flat))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,6 +593,58 @@ def apply_updates(params: Params, updates: Updates) -> Params:
   from gradxform._tree import check_same_structure
   check_same_structure("apply_updates", params, updates, "params", "updates")
   return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+
+
+def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState,
+                     params: Params) -> tuple[Params, OptState]:
+  """One optimizer step: `tx.update`, then `apply_updates`, returning `(params, state)`.
+
+  The result is that of
+
+      updates, state = tx.update(grads, state, params)
+      params = gx.apply_updates(params, updates)
+
+  and the state has the same layout. On CPU, a chain that ends in Adam's or AdamW's parts
+  (`gx.adam`, `gx.adamw`, also after clipping or other parts) runs those parts and the
+  parameter step as one fused pass over all leaves: it reads `g`, `θ`, `m`, `v` once and
+  writes `θ`, `m`, `v` once, in place when `params` and `state` are donated to the `jax.jit`
+  around it. That takes float32 leaves and a C++ compiler, used once per machine to build the
+  kernel (`gx.kernel_status()` says whether it is available); elsewhere, and for every other
+  transform, the step is the two calls above. The fused pass computes the same float32
+  numbers, to rounding (BUILD_NOTES: Performance design).
+
+  Example:
+    >>> tx = gx.adam(1e-3)
+    >>> new_params, state = gx.update_and_apply(tx, grads, tx.init(params), params)
+    >>> new_params["b"]                       # θ − η · g/|g| on the first step, up to ε
+    Array([ 0.099, -0.101], dtype=float32)
+
+  References:
+    torch.optim's `Optimizer.step` (fused=True), which likewise updates parameters and
+    state in one pass; Optax's `apply_updates` for the two-call form.
+  """
+  flat = getattr(tx.update, "meta", {}).get("flat_chain")
+  if isinstance(flat, _Chain) and not any(
+      jnp.iscomplexobj(x) for x in jax.tree.leaves((grads, params))):
+    return flat.update_and_apply(grads, state, params)
+  updates, state = tx.update(grads, state, params)
+  return apply_updates(params, updates), state
+
+
+def kernel_status() -> str:
+  """`"available"` when `update_and_apply`'s fused CPU kernels are built, else why not.
+
+  The first call builds them (a few seconds, once per machine; see `update_and_apply`).
+
+  Example:
+    >>> gx.kernel_status() != ""              # "available", or the reason it is not
+    True
+
+  References:
+    XLA's FFI custom calls (`jax.ffi`), through which the kernels run.
+  """
+  from gradxform._fused import build
+  return build.status()
 
 
 @transform

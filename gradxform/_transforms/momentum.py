@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
+from gradxform._base import (GradientTransformation, fusable, next_count, step_count, transform,
+                             trees_checked)
 
 
 class MomentumState(NamedTuple):
@@ -85,5 +86,6 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
     out, trace = _tree.map_unzip(lambda g, b: leaf(g, b, first), 2, updates, state.trace)
     return out, MomentumState(count=next_count(state, count), trace=trace)
 
-  return GradientTransformation(init, update)
+  tx = GradientTransformation(init, update)
+  return fusable(tx, "ema_momentum", decay=decay) if ema and not nesterov else tx
 

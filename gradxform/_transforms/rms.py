@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, next_count, raw_gradient, step_count,
-                             transform, trees_checked)
+from gradxform._base import (GradientTransformation, fusable, next_count, raw_gradient,
+                             step_count, transform, trees_checked)
 
 
 class RmsState(NamedTuple):
@@ -100,7 +100,10 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
     out, nu, mu = _tree.map_unzip(leaf, 3, updates, grad, state.nu, mus)
     return out, RmsState(count=next_count(state, count), nu=nu, mu=mu if centered else None)
 
-  return GradientTransformation(init, update)
+  tx = GradientTransformation(init, update)
+  if eps_in_sqrt or centered or not bias_correction:
+    return tx
+  return fusable(tx, "adam_rms", decay=decay, eps=eps, eps_root=eps_root)
 
 
 class AmsgradState(NamedTuple):

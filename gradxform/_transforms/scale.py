@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 import jax
 
 from gradxform import _check, _numerics
-from gradxform._base import (GradientTransformation, ScalarOrSchedule, next_count, step_count,
-                             transform)
+from gradxform._base import (GradientTransformation, ScalarOrSchedule, fusable, next_count,
+                             step_count, transform)
 from gradxform._numerics import zero_count
 from gradxform._transforms.stateless import stateless
 
@@ -41,7 +41,8 @@ def scale(factor: float | jax.Array) -> GradientTransformation:
   factor = _check.constant("scale", "factor", factor,
                            instead="scale_by_learning_rate(schedule, flip_sign=False)")
 
-  return stateless(lambda updates, params: _scaled(updates, factor))
+  return fusable(stateless(lambda updates, params: _scaled(updates, factor)), "scale",
+                 factor=factor)
 
 
 @transform(shares_count=True, hyperparams=("learning_rate",))
@@ -82,4 +83,4 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *,
     count = step_count(state, extra)
     return _scaled(updates, sign * lr(count)), ScheduleState(count=next_count(state, count))
 
-  return GradientTransformation(init, update)
+  return fusable(GradientTransformation(init, update), "schedule", fn=lr, sign=sign)

@@ -7,8 +7,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, next_count,
-                             require_params, step_count, transform, trees_checked)
+from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, fusable,
+                             next_count, require_params, step_count, transform, trees_checked)
 from gradxform._wrappers.masked import Mask, resolve_flags
 
 
@@ -93,7 +93,8 @@ def decoupled_weight_decay(rate: ScalarOrSchedule,
   """
   where = "decoupled_weight_decay"
   rate = _check.non_negative_or_schedule(where, "rate", rate)
-  return _add_scaled_params(where, rate, mask)
+  tx = _add_scaled_params(where, rate, mask)
+  return tx if mask is not None or callable(rate) else fusable(tx, "weight_decay", rate=rate)
 
 
 @transform(shares_count=True, hyperparams=("weight_decay",))

@@ -1,0 +1,286 @@
+"""`gx.update_and_apply` and its fused CPU kernel (issue 19).
+
+The reference is the per-leaf chain run eagerly (op by op, as its equations read) followed by
+`apply_updates`; the fused pass must equal it to float32 rounding (here: to 1e-6 relative, it
+is bit-equal on the machines we ran), and a NumPy float64 Adam/AdamW written from the papers
+checks both. Where the kernel does not apply (other dtypes, other transforms, masks, int8
+state, complex parameters) the step must be exactly update-then-apply, with no kernel in the
+program.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradxform as gx
+from gradxform._fused import build
+
+TARGET = "gx_adam_apply"
+COMPILER = shutil.which(os.environ.get("CXX", "c++"))
+KERNELS_ON = COMPILER is not None and os.environ.get("GRADXFORM_KERNELS", "1") != "0"
+
+
+def tree(dtype=jnp.float32, seed: int = 0) -> dict:
+  """Mixed shapes: a matrix, a vector, a scalar, a 3-D leaf, an empty leaf and a None."""
+  rng = np.random.default_rng(seed)
+
+  def leaf(*shape):
+    return jnp.asarray(rng.normal(size=shape), dtype)
+
+  return {"w": leaf(37, 29), "b": leaf(29), "s": leaf(), "deep": {"k": leaf(3, 4, 5),
+          "empty": leaf(0, 3), "none": None}}
+
+
+def grads_at(step: int, params: dict) -> dict:
+  return jax.tree.map(lambda p: jnp.sin(p * (step + 1.0) + 0.5) * (2.0 if step % 2 else 0.3),
+                      params)
+
+
+def reference(tx, params, steps: int):
+  """The per-leaf chain, eagerly, then `apply_updates`."""
+  state = tx.init(params)
+  for t in range(steps):
+    updates, state = tx.update(grads_at(t, params), state, params)
+    params = gx.apply_updates(params, updates)
+  return params, state
+
+
+def fused(tx, params, steps: int, jit: bool = True):
+  step = lambda p, s, g: gx.update_and_apply(tx, g, s, p)
+  if jit:
+    step = jax.jit(step, donate_argnums=(0, 1))
+  state = tx.init(params)
+  params = jax.tree.map(jnp.copy, params)  # donated
+  for t in range(steps):
+    params, state = step(params, state, grads_at(t, params))
+  return params, state
+
+
+def program(tx, params) -> str:
+  state = tx.init(params)
+  return jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p)).lower(
+      params, state, params).as_text()
+
+
+FUSABLE = {
+    "adam": lambda: gx.adam(1e-2),
+    "adamw": lambda: gx.adamw(1e-2, weight_decay=0.1),
+    "adam_schedule_eps_root": lambda: gx.adam(gx.cosine_decay_schedule(1e-2, 10), b1=0.8,
+                                              b2=0.99, eps_root=1e-6),
+    "clip_then_adamw": lambda: gx.chain(gx.clip_by_global_norm(1.0),
+                                        gx.adamw(1e-2, weight_decay=0.05)),
+    "composed_by_hand": lambda: gx.chain(gx.scale_by_momentum(0.9, ema=True),
+                                         gx.bias_correction(0.9),
+                                         gx.scale_by_rms(0.999, 1e-8, eps_in_sqrt=False,
+                                                         bias_correction=True),
+                                         gx.scale_by_learning_rate(3e-3)),
+}
+
+
+def test_the_kernel_is_built_where_a_compiler_is():
+  status = gx.kernel_status()
+  if KERNELS_ON:
+    assert status == "available"
+  elif COMPILER is None:
+    assert status.startswith("no C++ compiler")
+  else:
+    assert status == "disabled by GRADXFORM_KERNELS=0"
+
+
+@pytest.mark.parametrize("name", sorted(FUSABLE))
+def test_fused_step_equals_the_per_leaf_chain(name):
+  tx, params = FUSABLE[name](), tree()
+  assert (TARGET in program(tx, params)) == KERNELS_ON
+  want_p, want_s = reference(tx, params, 6)
+  got_p, got_s = fused(tx, params, 6)
+  assert jax.tree.structure(got_s) == jax.tree.structure(want_s)
+  chex.assert_trees_all_close(got_p, want_p, rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_close(got_s, want_s, rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_equal_dtypes(got_s, want_s)
+
+
+def numpy_adamw(params: dict, steps: int, lr: float, b1: float, b2: float, eps: float,
+                wd: float) -> dict:
+  """Kingma & Ba's Adam with Loshchilov & Hutter's decoupled decay, in float64."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  for t in range(1, steps + 1):
+    g = {k: np.sin(x * t + 0.5) * (2.0 if (t - 1) % 2 else 0.3) for k, x in p.items()}
+    for k in p:
+      m[k] = b1 * m[k] + (1 - b1) * g[k]
+      v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+      mh, vh = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
+      p[k] = p[k] - lr * (mh / (np.sqrt(vh) + eps) + wd * p[k])
+  return p
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_fused_step_equals_numpy_adamw_from_the_papers(wd):
+  params = {"w": tree()["w"], "b": tree()["b"]}
+  tx = gx.adamw(1e-2, weight_decay=wd)
+  got, _ = fused(tx, params, 8)
+  # The gradient is taken at the parameters before each step, as `fused` does.
+  want = numpy_adamw({k: np.asarray(x) for k, x in params.items()}, 8, 1e-2, 0.9, 0.999,
+                     1e-8, wd)
+  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6)
+
+
+FALLBACK = {
+    "bfloat16_params": (lambda: gx.adam(1e-2), jnp.bfloat16),
+    "sgd_momentum": (lambda: gx.sgd(1e-2, momentum=0.9), jnp.float32),
+    "masked_decay": (lambda: gx.adamw(1e-2, mask=lambda p: jax.tree.map(
+        lambda x: x.ndim > 1, p)), jnp.float32),
+    "nesterov_momentum": (lambda: gx.chain(gx.scale_by_momentum(0.9, ema=True, nesterov=True),
+                                           gx.bias_correction(0.9),
+                                           gx.scale_by_rms(0.999, eps_in_sqrt=False,
+                                                           bias_correction=True),
+                                           gx.scale_by_learning_rate(1e-2)), jnp.float32),
+    "int8_state": (lambda: gx.adam(1e-2, state_dtype="int8"), jnp.float32),
+    "inject_hyperparams": (lambda: gx.inject_hyperparams(gx.adam)(learning_rate=1e-2),
+                           jnp.float32),
+    "amsgrad": (lambda: gx.amsgrad(1e-2), jnp.float32),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACK))
+def test_elsewhere_the_step_is_update_then_apply(name):
+  make, dtype = FALLBACK[name]
+  tx, params = make(), tree(dtype)
+  if name == "int8_state":
+    params = {"big": jnp.asarray(np.random.default_rng(1).normal(size=(64, 80)), dtype)}
+  assert TARGET not in program(tx, params)
+
+  def two_calls(p, s, g):
+    updates, s = tx.update(g, s, p)
+    return gx.apply_updates(p, updates), s
+
+  step = jax.jit(two_calls)
+  want_p, want_s = params, tx.init(params)
+  got_p, got_s = params, tx.init(params)
+  for t in range(4):
+    want_p, want_s = step(want_p, want_s, grads_at(t, want_p))
+    got_p, got_s = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(
+        got_p, got_s, grads_at(t, got_p))
+  chex.assert_trees_all_equal((got_p, got_s), (want_p, want_s))
+
+
+def test_complex_parameters_take_the_two_calls():
+  params = {"z": jnp.asarray([1 + 2j, -0.5j], jnp.complex64)}
+  grads = {"z": jnp.asarray([0.3 - 0.1j, 0.2 + 0.4j], jnp.complex64)}
+  tx = gx.adam(1e-2)
+  updates, want_s = tx.update(grads, tx.init(params), params)
+  got_p, got_s = gx.update_and_apply(tx, grads, tx.init(params), params)
+  chex.assert_trees_all_equal((got_p, got_s), (gx.apply_updates(params, updates), want_s))
+
+
+class FusedVariants(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_variants_agree_with_the_reference(self):
+    tx, params = gx.adamw(1e-2, weight_decay=0.1), tree()
+    want_p, want_s = reference(tx, params, 3)
+    step = self.variant(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+    p, s = params, tx.init(params)
+    for t in range(3):
+      p, s = step(p, s, grads_at(t, p))
+    chex.assert_trees_all_close((p, s), (want_p, want_s), rtol=1e-6, atol=1e-9)
+
+
+def test_params_and_state_are_updated_in_place_when_donated():
+  tx = gx.adam(1e-3)
+  params = {"w": jnp.ones((256, 256)), "b": jnp.ones((256,))}
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+  hlo = step.lower(params, state, params).compile().as_text()
+  if KERNELS_ON:
+    # No copy of a parameter-sized buffer: the kernel writes p, m and v where they are.
+    assert TARGET in hlo
+    assert not [ln for ln in hlo.splitlines() if " copy(" in ln and "f32[256" in ln]
+
+
+def test_vmap_over_a_batch_of_problems():
+  tx = gx.adam(1e-2)
+  batch = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(3, 5, 4)), jnp.float32)}
+  grads = jax.tree.map(lambda x: jnp.cos(x), batch)
+  state = jax.vmap(tx.init)(batch)
+  got_p, got_s = jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(
+      batch, state, grads)
+  def pick(t, i):
+    return jax.tree.map(lambda x: x[i], t)
+
+  for i in range(3):
+    one = pick(batch, i)
+    updates, s = tx.update(pick(grads, i), tx.init(one), one)
+    chex.assert_trees_all_close(pick(got_p, i), gx.apply_updates(one, updates), rtol=1e-6,
+                                atol=1e-9)
+    chex.assert_trees_all_close(pick(got_s, i), s, rtol=1e-6, atol=1e-9)
+
+
+def test_pmap_and_sharded_jit_agree_with_the_reference():
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  n = 8
+  tx = gx.adamw(1e-2, weight_decay=0.1)
+  params = {"w": jnp.asarray(np.random.default_rng(3).normal(size=(n, 16)), jnp.float32)}
+  grads = jax.tree.map(jnp.sin, params)
+  per_device = jax.pmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+  got_p, _ = per_device(params, jax.vmap(tx.init)(params), grads)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  want = gx.apply_updates(params, updates)
+  chex.assert_trees_all_close(got_p, want, rtol=1e-6, atol=1e-9)
+  mesh = jax.make_mesh((n,), ("d",))
+  shard = NamedSharding(mesh, P("d"))
+  sharded = jax.device_put(params, shard)
+  got_p, got_s = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(
+      sharded, tx.init(sharded), jax.device_put(grads, shard))
+  chex.assert_trees_all_close(got_p, want, rtol=1e-6, atol=1e-9)
+
+
+def test_a_foreign_state_gets_the_chains_error():
+  params = tree()
+  with pytest.raises(ValueError, match="expected the state made by this chain.s init"):
+    gx.update_and_apply(gx.adam(1e-2), params, gx.sgd(0.1, momentum=0.9).init(params), params)
+
+
+def test_without_kernels_the_results_are_the_same(tmp_path):
+  """`GRADXFORM_KERNELS=0`, in a fresh process: the status says so and the step is the
+  reference's."""
+  code = (
+      "import jax, jax.numpy as jnp, numpy as np, gradxform as gx\n"
+      "p = {'w': jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32)}\n"
+      "tx = gx.adamw(1e-2, weight_decay=0.1)\n"
+      "out = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))\n"
+      "q, _ = out(p, tx.init(p), jax.tree.map(jnp.cos, p))\n"
+      "print(gx.kernel_status()); print('gx_adam_apply' in out.lower(p, tx.init(p), p).as_text())\n"
+      "np.save(r'%s', np.asarray(q['w']))\n" % (tmp_path / "q.npy"))
+  env = dict(os.environ, GRADXFORM_KERNELS="0", JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                        timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.split() == ["disabled", "by", "GRADXFORM_KERNELS=0", "False"]
+  p = {"w": jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32)}
+  tx = gx.adamw(1e-2, weight_decay=0.1)
+  updates, _ = tx.update(jax.tree.map(jnp.cos, p), tx.init(p), p)
+  np.testing.assert_allclose(np.load(tmp_path / "q.npy"),
+                             np.asarray(gx.apply_updates(p, updates)["w"]), rtol=1e-6)
+
+
+def test_the_build_is_cached(tmp_path, monkeypatch):
+  if not KERNELS_ON:
+    assert build.library() is None
+    return
+  monkeypatch.setenv("GRADXFORM_CACHE_DIR", str(tmp_path))
+  first = build._compile(COMPILER)
+  stamp = os.stat(first).st_mtime_ns
+  assert build._compile(COMPILER) == first and os.stat(first).st_mtime_ns == stamp
+  assert os.listdir(tmp_path / "kernels") == [os.path.basename(first)]
