@@ -165,12 +165,12 @@ def test_elsewhere_the_step_is_update_then_apply(name):
     return gx.apply_updates(p, updates), s
 
   step = jax.jit(two_calls)
+  one_call = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
   want_p, want_s = params, tx.init(params)
   got_p, got_s = params, tx.init(params)
   for t in range(4):
     want_p, want_s = step(want_p, want_s, grads_at(t, want_p))
-    got_p, got_s = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(
-        got_p, got_s, grads_at(t, got_p))
+    got_p, got_s = one_call(got_p, got_s, grads_at(t, got_p))
   chex.assert_trees_all_equal((got_p, got_s), (want_p, want_s))
 
 
