@@ -394,6 +394,8 @@ class _Chain:
     self.name = name
     self.parts, self.layout = _flatten_parts(parts, names)
     self.passes = [_accepts_extra(t.update) for t in self.parts]
+    from gradxform._fused import adam  # local: the fused kernels build on this module
+    self.tail = adam.plan(self.parts)  # the fused tail of `update_and_apply`, or None
     self.known_states: dict[Any, list[tuple[type, Any, list[tuple[int, ...]]]]] = {}
 
   def _init_flat(self, params: Params) -> list[Any]:
@@ -495,7 +497,7 @@ class _Chain:
     from gradxform._fused import adam  # local: the fused kernels build on this module
     states, extra, grad, count = self._start(grads, state, params, {})
     n = len(self.parts)
-    tail = adam.plan(self.parts)
+    tail = self.tail
     start = n if tail is None else tail.start
     updates, grad = self._run(range(start), grads, states, params, extra, grad, count)
     if tail is not None:
@@ -623,7 +625,7 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
     torch.optim's `Optimizer.step` (fused=True), which likewise updates parameters and
     state in one pass; Optax's `apply_updates` for the two-call form.
   """
-  flat = getattr(tx.update, "meta", {}).get("flat_chain")
+  flat = meta(tx, "flat_chain")
   if isinstance(flat, _Chain) and not any(
       jnp.iscomplexobj(x) for x in jax.tree.leaves((grads, params))):
     return flat.update_and_apply(grads, state, params)
