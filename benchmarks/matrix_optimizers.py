@@ -145,9 +145,22 @@ def batches(n_train: int, batch_size: int, epochs: int, seed: int) -> np.ndarray
       per_epoch, batch_size) for _ in range(epochs)])
 
 
+def accuracy_fn(apply: Callable[..., Any]) -> Callable[..., jax.Array]:
+  """The jitted test accuracy of `apply`'s model (one per run of the benchmark: every
+  optimizer's parameters have the same structure, so it compiles once)."""
+  @jax.jit
+  def accuracy(params, x, y):
+    return jnp.mean(jnp.argmax(apply({"params": params}, x), -1) == y)
+  return accuracy
+
+
 def run_one(tx: gx.GradientTransformation, params0: Any, apply: Callable[..., Any], data: Any,
-            order: np.ndarray) -> dict[str, Any]:
-  """Trains from `params0` on the batches `order`; per-step losses and times, test accuracy."""
+            order: np.ndarray, *, accuracy: Callable[..., jax.Array] | None = None,
+            opt_state: Any = None) -> dict[str, Any]:
+  """Trains from `params0` on the batches `order`; per-step losses and times, test accuracy.
+
+  `accuracy`: a jitted `accuracy_fn(apply)` to reuse; `opt_state`: `tx.init(params0)` if the
+  caller already has it (init is deterministic)."""
   x_train, x_test, y_train, y_test = data
 
   @jax.jit
@@ -156,12 +169,9 @@ def run_one(tx: gx.GradientTransformation, params0: Any, apply: Callable[..., An
     updates, opt_state = tx.update(grads, opt_state, params)
     return gx.apply_updates(params, updates), opt_state, loss
 
-  @jax.jit
-  def accuracy(params, x, y):
-    return jnp.mean(jnp.argmax(apply({"params": params}, x), -1) == y)
-
+  accuracy = accuracy or accuracy_fn(apply)
   params = params0
-  opt_state = tx.init(params)
+  opt_state = tx.init(params) if opt_state is None else opt_state
   nbytes = state_bytes(opt_state)
   losses, times = [], []
   for idx in order:
@@ -291,18 +301,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   say(f"{n_params:,} parameters, {len(order)} steps of batch {args.batch_size}; "
       f"{config['machine']}")
   results: dict[str, Any] = {"config": config, "optimizers": {}, "skipped": {}}
+  accuracy = accuracy_fn(model.apply)
   start_all = time.perf_counter()
   for name in names:
     grid = GRIDS[name][1:2] if args.quick else GRIDS[name]
     try:
-      make_optimizer(name, grid[0]).init(params0)
+      state0 = make_optimizer(name, grid[0]).init(params0)   # the first run starts from it
     except (ValueError, TypeError, NotImplementedError) as e:  # e.g. int8 state not available
       results["skipped"][name] = f"{type(e).__name__}: {e}"
       say(f"{name}: skipped ({type(e).__name__}: {e})")
       continue
     runs = []
     for lr in grid:
-      r = run_one(make_optimizer(name, lr), params0, model.apply, data, order)
+      r = run_one(make_optimizer(name, lr), params0, model.apply, data, order,
+                  accuracy=accuracy, opt_state=state0 if lr == grid[0] else None)
       curve = smooth(r["losses"], args.smoothing)
       r.update(lr=lr, curve=curve, steps_to_target=steps_to(curve, args.target),
                final_loss=float(curve[-1]) if np.isfinite(curve[-1]) else float("inf"))

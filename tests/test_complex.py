@@ -204,15 +204,26 @@ def test_lbfgs_line_search_value_fn_on_complex_equals_optax_on_the_real_view():
   with jax.enable_x64(True):
     z0 = jnp.asarray((np.arange(12.0).reshape(3, 4) - 5.0) / 4.0 * (1 + 0.5j))
     tx, ox = gx.lbfgs(), optax.lbfgs()
+
+    # Each side's step jitted once (eagerly, every iteration would recompile the line
+    # search's loops).
+    @jax.jit
+    def gx_step(z, s):
+      g = _grad_complex(z)
+      u, s = tx.update(g, s, z, value=_f_complex(z), grad=g, value_fn=_f_complex)
+      return gx.apply_updates(z, u), s
+
+    @jax.jit
+    def optax_step(x, os_):
+      v, g = jax.value_and_grad(_f_real)(x)
+      ou, os_ = ox.update(g, os_, x, value=v, grad=g, value_fn=_f_real)
+      return optax.apply_updates(x, ou), os_
+
     z, s = z0, tx.init(z0)
     x, os_ = _to_real(z0), ox.init(_to_real(z0))
     for t in range(8):
-      g = _grad_complex(z)
-      u, s = tx.update(g, s, z, value=_f_complex(z), grad=g, value_fn=_f_complex)
-      z = gx.apply_updates(z, u)
-      v, gx_real = jax.value_and_grad(_f_real)(x)
-      ou, os_ = ox.update(gx_real, os_, x, value=v, grad=gx_real, value_fn=_f_real)
-      x = optax.apply_updates(x, ou)
+      z, s = gx_step(z, s)
+      x, os_ = optax_step(x, os_)
       np.testing.assert_allclose(np.asarray(_to_real(z)), np.asarray(x), rtol=1e-10,
                                  atol=1e-12, err_msg=f"step {t + 1}")
     assert float(_f_complex(z)) < 0.5 * float(_f_complex(z0))

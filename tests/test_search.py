@@ -353,12 +353,18 @@ def test_power_gating_changes_nothing():
     task = _f64(search.rosenbrock(2, steps=SHORT))
     ev = search.Evaluator(task, LRS, buckets=4)
     rng = np.random.default_rng(11)
-    rules = np.array([search.random_rule(rng) for _ in range(16)])
+    # 16 rules, and (from more draws) 16 without and 16 with a power branch: four populations
+    # of one size, so that the gated and the ungated program are each compiled once.
+    pool = np.array([search.random_rule(rng) for _ in range(96)])
+    rules = pool[:16]
     uses = slots.uses_power(rules).any(1)
     assert 0 < uses.sum() < len(rules)
+    pool_uses = slots.uses_power(pool).any(1)
+    plain, powered = pool[~pool_uses][:16], pool[pool_uses][:16]
+    assert len(plain) == len(powered) == 16
     ungated = jax.jit(lambda r, l: slots.population_losses(task, r, l))
     lrs32 = np.float32(LRS).astype(np.float64)               # Evaluator's float32 rates
-    for chosen in (rules, rules[~uses][:4], rules[uses][:4], rules[::-1]):
+    for chosen in (rules, plain, powered, rules[::-1]):
       pop = ev.population(chosen)
       cand = jnp.asarray(np.repeat(chosen, len(LRS), 0))
       want = np.asarray(ungated(cand, jnp.asarray(np.tile(lrs32, len(chosen)))))
