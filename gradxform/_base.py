@@ -102,15 +102,17 @@ def meta(tx: GradientTransformation, name: str) -> Any:
   return getattr(tx.update, "meta", {}).get(name, False)
 
 
-def fusable(tx: GradientTransformation, kind: str, **values: Any) -> GradientTransformation:
-  """`tx`, declaring that it computes the `kind` step of `gradxform._fused` with `values`.
+def elementwise(tx: GradientTransformation) -> GradientTransformation:
+  """`tx`, declaring that its update is elementwise: the same float arithmetic for every
+  element of every leaf, given scalars (step counts, hyperparameters) from its state, which
+  holds those scalars and one array per parameter ("slots") and nothing else.
 
-  A fused kernel may then run `tx` together with its neighbours in a chain (see
-  `update_and_apply`); `values` are the numbers (floats or traced scalars) the step uses.
+  `update_and_apply` may then run it with its elementwise neighbours at the end of a chain,
+  and the parameter step, as one fused pass (`gradxform._fused.program`, which traces it).
   """
   fn, info = (tx.update.fn, dict(tx.update.meta)) if isinstance(tx.update, Fn) else (
       tx.update, {})
-  info["fusable"] = (kind, values)
+  info["elementwise"] = True
   return GradientTransformation(tx.init, Fn(fn, None, **info))
 
 
@@ -394,8 +396,8 @@ class _Chain:
     self.name = name
     self.parts, self.layout = _flatten_parts(parts, names)
     self.passes = [_accepts_extra(t.update) for t in self.parts]
-    from gradxform._fused import adam  # local: the fused kernels build on this module
-    self.tail = adam.plan(self.parts)  # the fused tail of `update_and_apply`, or None
+    from gradxform._fused import program  # local: the fused kernels build on this module
+    self.tail = program.tail_start(self.parts)  # `update_and_apply`'s elementwise tail
     self.known_states: dict[Any, list[tuple[type, Any, list[tuple[int, ...]]]]] = {}
 
   def _init_flat(self, params: Params) -> list[Any]:
@@ -493,16 +495,14 @@ class _Chain:
     return updates, _nest(self.layout, states)
 
   def update_and_apply(self, grads: Updates, state: Any, params: Params) -> tuple[Params, Any]:
-    """`update`, then `apply_updates`; the fused tail (if any) runs as one kernel instead."""
-    from gradxform._fused import adam  # local: the fused kernels build on this module
+    """`update`, then `apply_updates`; the elementwise tail (if any) runs as one kernel."""
+    from gradxform._fused import program  # local: the fused kernels build on this module
     states, extra, grad, count = self._start(grads, state, params, {})
     n = len(self.parts)
-    tail = self.tail
-    start = n if tail is None else tail.start
+    start = n if self.tail is None else self.tail
     updates, grad = self._run(range(start), grads, states, params, extra, grad, count)
-    if tail is not None:
-      fused = adam.apply(tail, updates, states[start:], params, count,
-                         checked=bool(extra.get(CHECKED_KEY)), grad=grad)
+    if start < n:
+      fused = program.apply(self, start, updates, states[start:], params, extra, grad, count)
       if fused is not None:
         params, states[start:] = fused
         return params, _nest(self.layout, states)
@@ -606,14 +606,16 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
       updates, state = tx.update(grads, state, params)
       params = gx.apply_updates(params, updates)
 
-  and the state has the same layout. On CPU, a chain that ends in Adam's or AdamW's parts
-  (`gx.adam`, `gx.adamw`, also after clipping or other parts) runs those parts and the
-  parameter step as one fused pass over all leaves: it reads `g`, `θ`, `m`, `v` once and
-  writes `θ`, `m`, `v` once, in place when `params` and `state` are donated to the `jax.jit`
-  around it. That takes float32 leaves and a C++ compiler, used once per machine to build the
-  kernel (`gx.kernel_status()` says whether it is available); elsewhere, and for every other
-  transform, the step is the two calls above. The fused pass computes the same float32
-  numbers, to rounding (BUILD_NOTES: Performance design).
+  and the state has the same layout. On CPU, the elementwise parts at the end of a chain
+  (momentum, RMS, Adam's moments, bias correction, Lion, Adagrad, AMSGrad, sign rules, weight
+  decay, the learning rate: those of SGD, Adam, AdamW, RMSprop, Lion and most named
+  optimizers, also after clipping or other parts) run with the parameter step as one fused
+  pass over all leaves: each gradient, parameter and state slot is read once and written once,
+  in place when `params` and `state` are donated to the `jax.jit` around it. The pass is
+  traced from the parts themselves and compiled once per machine; it needs float32 leaves and
+  a C++ compiler (`gx.kernel_status()` says whether it is available). Elsewhere the step is
+  the two calls above. The fused pass computes the same float32 operations in the same order,
+  equal to rounding (BUILD_NOTES: Performance design).
 
   Example:
     >>> tx = gx.adam(1e-3)

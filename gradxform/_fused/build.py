@@ -23,13 +23,13 @@ from typing import Any
 
 import jax
 
-_SOURCES = ("adam.cc",)
+_SOURCES = ("elementwise.cc",)
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-pthread", "-w",
           # IEEE float32 arithmetic in the written order, as XLA evaluates the per-leaf chain:
           # no fused multiply-add contraction; `sqrt` needs no errno, so it vectorizes.
           "-ffp-contract=off", "-fno-math-errno")
 #: The FFI targets registered, with the symbol that implements each.
-TARGETS = {"gx_adam_apply": "GxAdamApply"}
+TARGETS = {"gx_elementwise": "GxElementwise"}
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -51,32 +51,40 @@ def _cache_dir() -> str:
   return os.path.join(root, "kernels")
 
 
-def _compile(compiler: str) -> str:
-  here = os.path.dirname(os.path.abspath(__file__))
-  sources = [os.path.join(here, name) for name in _SOURCES]
+def _compile(compiler: str, sources: dict[str, bytes], stem: str) -> str:
+  """The shared library built from `sources` (file name: text), from the cache if there."""
   key = hashlib.sha256()
-  for path in sources:
-    with open(path, "rb") as f:
-      key.update(f.read())
+  for name, text in sorted(sources.items()):
+    key.update(name.encode() + b"\0" + text)
   import jaxlib
   key.update(repr((_FLAGS, compiler, jaxlib.__version__, _cpu_id())).encode())
   out_dir = _cache_dir()
-  target = os.path.join(out_dir, f"gradxform_kernels_{key.hexdigest()[:24]}.so")
+  target = os.path.join(out_dir, f"{stem}_{key.hexdigest()[:24]}.so")
   if os.path.exists(target):
     return target
   os.makedirs(out_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-  os.close(fd)
-  try:
-    cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", *sources, "-o", tmp]
+  with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    paths = []
+    for name, text in sources.items():
+      paths.append(os.path.join(tmp, name))
+      with open(paths[-1], "wb") as f:
+        f.write(text)
+    built = os.path.join(tmp, "out.so")
+    cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", *paths, "-o", built]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
       raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    os.replace(tmp, target)  # atomic: concurrent builders (test workers) each write a whole file
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    os.replace(built, target)  # atomic: concurrent builders (test workers) each write a whole file
   return target
+
+
+def _shipped() -> dict[str, bytes]:
+  here = os.path.dirname(os.path.abspath(__file__))
+  out = {}
+  for name in _SOURCES:
+    with open(os.path.join(here, name), "rb") as f:
+      out[name] = f.read()
+  return out
 
 
 def library() -> ctypes.CDLL | None:
@@ -90,7 +98,8 @@ def library() -> ctypes.CDLL | None:
         _state["why"] = "no C++ compiler found ($CXX or c++)"
       else:
         try:
-          lib = ctypes.cdll.LoadLibrary(_compile(compiler))
+          lib = ctypes.cdll.LoadLibrary(_compile(compiler, _shipped(), "gradxform_kernels"))
+          _state["compiler"] = compiler
           for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
@@ -103,3 +112,26 @@ def library() -> ctypes.CDLL | None:
 def status() -> str:
   """"available", or why the kernels are not (no compiler, disabled, a build error)."""
   return "available" if library() is not None else _state["why"]
+
+
+def program(source: str) -> str | None:
+  """Compiles (once per machine) and loads the C++ loop `source` for `gx_elementwise`.
+
+  `source` defines `extern "C" void gx_run(...)` (see `elementwise.cc`). Returns the name to
+  pass the kernel, or None when the kernels are not available or the build fails.
+  """
+  lib = library()
+  if lib is None:
+    return None
+  name = "gx_" + hashlib.sha256(source.encode()).hexdigest()[:20]
+  with _lock:
+    loaded = _state.setdefault("programs", {})
+    if name not in loaded:
+      try:
+        loop = ctypes.cdll.LoadLibrary(_compile(_state["compiler"],
+                                                {"program.cc": source.encode()}, "gx_program"))
+      except Exception:  # noqa: BLE001 - the per-leaf path runs instead
+        return None
+      lib.gx_register_program(name.encode(), ctypes.cast(loop.gx_run, ctypes.c_void_p))
+      loaded[name] = loop  # keeps the library loaded
+  return name

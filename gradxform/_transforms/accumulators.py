@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, raw_gradient, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, raw_gradient, transform,
+                             trees_checked)
 
 
 class AdagradState(NamedTuple):
@@ -62,7 +63,7 @@ def scale_by_adagrad(initial_accumulator_value: float = 0.0, eps: float = 1e-10,
     out, acc = _tree.map_unzip(leaf, 2, updates, grad, state.sum_of_squares)
     return out, AdagradState(acc)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))
 
 
 class AdadeltaState(NamedTuple):
@@ -118,7 +119,7 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6, *,
     out, e_g2, e_dx2 = _tree.map_unzip(leaf, 3, updates, grad, state.e_g2, state.e_dx2)
     return out, AdadeltaState(e_g2, e_dx2)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))
 
 
 class InfNormState(NamedTuple):
@@ -173,4 +174,4 @@ def scale_by_inf_norm(decay: float = 0.999, eps: float = 1e-8, *, eps_in_max: bo
     out, nu = _tree.map_unzip(leaf, 2, updates, grad, state.nu)
     return out, InfNormState(nu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, next_count, step_count, transform,
+                             trees_checked)
 
 
 def _is_zero(x: Any) -> bool:
@@ -91,7 +92,7 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16,
     out, mu, nu = _tree.map_unzip(leaf, 3, updates, state.mu, state.nu)
     return out, BeliefState(count=next_count(state, count), mu=mu, nu=nu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))
 
 
 class YogiState(NamedTuple):
@@ -170,4 +171,4 @@ def scale_by_yogi(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3, eps_roo
     out, mu, nu = _tree.map_unzip(leaf, 3, updates, state.mu, state.nu)
     return out, YogiState(count=next_count(state, count), mu=mu, nu=nu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 
 from gradxform import _check, _numerics
-from gradxform._base import GradientTransformation, fusable, next_count, step_count, transform
+from gradxform._base import GradientTransformation, elementwise, next_count, step_count, transform
 
 
 class BiasCorrectionState(NamedTuple):
@@ -50,4 +50,4 @@ def bias_correction(decay: float) -> GradientTransformation:
     out = jax.tree.map(lambda u: _numerics.cast(u / corr, u.dtype), updates)
     return out, BiasCorrectionState(count=next_count(state, count))
 
-  return fusable(GradientTransformation(init, update), "bias_correction", decay=decay)
+  return elementwise(GradientTransformation(init, update))

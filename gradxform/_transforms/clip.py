@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (EmptyState, GradientTransformation, require_params, transform,
-                             trees_checked)
+from gradxform._base import (EmptyState, GradientTransformation, elementwise, require_params,
+                             transform, trees_checked)
 from gradxform._transforms.stateless import stateless
 
 
@@ -54,8 +54,8 @@ def clip(max_delta: float) -> GradientTransformation:
     (element-wise gradient clipping); Pascanu, Mikolov & Bengio, ICML 2013.
   """
   max_delta = _check.non_negative("clip", "max_delta", max_delta)
-  return stateless(lambda updates, params: jax.tree.map(
-      lambda u: _numerics.cast(jnp.clip(u, -max_delta, max_delta), u.dtype), updates))
+  return elementwise(stateless(lambda updates, params: jax.tree.map(
+      lambda u: _numerics.cast(jnp.clip(u, -max_delta, max_delta), u.dtype), updates)))
 
 
 @transform(hyperparams=("max_norm",))

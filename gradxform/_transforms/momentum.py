@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, fusable, next_count, step_count, transform,
+from gradxform._base import (GradientTransformation, elementwise, next_count, step_count, transform,
                              trees_checked)
 
 
@@ -87,5 +87,5 @@ def scale_by_momentum(decay: float = 0.9, *, nesterov: bool = False, dampening: 
     return out, MomentumState(count=next_count(state, count), trace=trace)
 
   tx = GradientTransformation(init, update)
-  return fusable(tx, "ema_momentum", decay=decay) if ema and not nesterov else tx
+  return elementwise(tx)
 

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, next_count, step_count, transform,
+                             trees_checked)
 
 
 class NadamMomentumState(NamedTuple):
@@ -80,4 +81,4 @@ def scale_by_nadam_momentum(b1: float = 0.9, *, momentum_decay: float | None = N
     out = _numerics.cast_like(out, updates)
     return out, NadamMomentumState(count=next_count(state, count), mu=mu, mu_product=mu_product)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

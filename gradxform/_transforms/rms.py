@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, fusable, next_count, raw_gradient,
+from gradxform._base import (GradientTransformation, elementwise, next_count, raw_gradient,
                              step_count, transform, trees_checked)
 
 
@@ -101,9 +101,7 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, *, eps_in_sqrt: bool = T
     return out, RmsState(count=next_count(state, count), nu=nu, mu=mu if centered else None)
 
   tx = GradientTransformation(init, update)
-  if eps_in_sqrt or centered or not bias_correction:
-    return tx
-  return fusable(tx, "adam_rms", decay=decay, eps=eps, eps_root=eps_root)
+  return elementwise(tx)
 
 
 class AmsgradState(NamedTuple):
@@ -170,4 +168,4 @@ def scale_by_amsgrad(decay: float = 0.999, eps: float = 1e-8, *, bias_correction
     out, nu, nu_max = _tree.map_unzip(leaf, 3, updates, grad, state.nu, state.nu_max)
     return out, AmsgradState(count=next_count(state, count), nu=nu, nu_max=nu_max)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 
 from gradxform import _check, _numerics
-from gradxform._base import (GradientTransformation, ScalarOrSchedule, fusable, next_count,
+from gradxform._base import (GradientTransformation, ScalarOrSchedule, elementwise, next_count,
                              step_count, transform)
 from gradxform._numerics import zero_count
 from gradxform._transforms.stateless import stateless
@@ -41,8 +41,7 @@ def scale(factor: float | jax.Array) -> GradientTransformation:
   factor = _check.constant("scale", "factor", factor,
                            instead="scale_by_learning_rate(schedule, flip_sign=False)")
 
-  return fusable(stateless(lambda updates, params: _scaled(updates, factor)), "scale",
-                 factor=factor)
+  return elementwise(stateless(lambda updates, params: _scaled(updates, factor)))
 
 
 @transform(shares_count=True, hyperparams=("learning_rate",))
@@ -83,4 +82,4 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *,
     count = step_count(state, extra)
     return _scaled(updates, sign * lr(count)), ScheduleState(count=next_count(state, count))
 
-  return fusable(GradientTransformation(init, update), "schedule", fn=lr, sign=sign)
+  return elementwise(GradientTransformation(init, update))

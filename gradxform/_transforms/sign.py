@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, Schedule, next_count, raw_gradient,
-                             step_count, transform, trees_checked)
+from gradxform._base import (GradientTransformation, Schedule, elementwise, next_count,
+                             raw_gradient, step_count, transform, trees_checked)
 
 
 class SignAgreementState(NamedTuple):
@@ -86,4 +86,4 @@ def sign_agreement(*, mode: str = "power", base: float = math.e, alpha: float = 
     out, mu = _tree.map_unzip(leaf, 2, updates, grad, state.mu)
     return out, SignAgreementState(count=next_count(state, count), mu=mu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, next_count, step_count, transform,
+                             trees_checked)
 from gradxform._transforms.stateless import stateless
 
 
@@ -31,7 +32,7 @@ def scale_by_sign() -> GradientTransformation:
     Bernstein, Wang, Azizzadenesheli & Anandkumar, "signSGD: compressed optimisation for
     non-convex problems", ICML 2018.
   """
-  return stateless(lambda updates, params: jax.tree.map(jnp.sign, updates))
+  return elementwise(stateless(lambda updates, params: jax.tree.map(jnp.sign, updates)))
 
 
 class LionState(NamedTuple):
@@ -90,4 +91,4 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, *,
     out, mu = _tree.map_unzip(leaf, 2, updates, state.mu)
     return out, LionState(count=next_count(state, count), mu=mu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, fusable,
+from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, elementwise,
                              next_count, require_params, step_count, transform, trees_checked)
 from gradxform._wrappers.masked import Mask, resolve_flags
 
@@ -94,7 +94,7 @@ def decoupled_weight_decay(rate: ScalarOrSchedule,
   where = "decoupled_weight_decay"
   rate = _check.non_negative_or_schedule(where, "rate", rate)
   tx = _add_scaled_params(where, rate, mask)
-  return tx if mask is not None or callable(rate) else fusable(tx, "weight_decay", rate=rate)
+  return tx if mask is not None else elementwise(tx)
 
 
 @transform(shares_count=True, hyperparams=("weight_decay",))
@@ -123,4 +123,5 @@ def add_l2_penalty(weight_decay: ScalarOrSchedule,
   """
   where = "add_l2_penalty"
   rate = _check.non_negative_or_schedule(where, "weight_decay", weight_decay)
-  return _add_scaled_params(where, rate, mask)
+  tx = _add_scaled_params(where, rate, mask)
+  return tx if mask is not None else elementwise(tx)

@@ -1,0 +1,145 @@
+// Runs a chain's elementwise step over every float32 leaf of a tree, in one pass.
+//
+// gradxform's `update_and_apply` traces a chain's elementwise tail (momentum, RMS, Adam, Lion,
+// weight decay, the learning rate and the parameter step) and writes it as one small C++ loop
+// (gradxform/_fused/program.py), compiled once per machine and registered here by name with
+// `gx_register_program`. This handler calls that loop over all leaves of the call, split over
+// the cores: every leaf's arrays are read once and written once.
+//
+// Operands: scalars f32[S], then per leaf its k inputs (the update entering the tail, the
+// parameter, the raw gradient if the chain fixed one, each state slot). Results: per leaf its
+// r outputs (the new parameter, then each new slot), aliased by the caller to the parameter
+// and the slots; the loop reads those from the result buffers and writes them in place.
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// A compiled program: the step for elements [lo, hi) of one leaf, given its buffers.
+using Loop = void (*)(const float* scalars, float* const* buffers, int64_t lo, int64_t hi);
+
+std::mutex registry_mutex;
+std::unordered_map<std::string, Loop>& Registry() {
+  static auto* loops = new std::unordered_map<std::string, Loop>();
+  return *loops;
+}
+
+struct Leaf {
+  std::vector<float*> buffers;
+  int64_t n;
+};
+
+// Elements [lo, hi) of the leaves laid end to end.
+void Span(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64_t lo,
+          int64_t hi) {
+  int64_t base = 0;
+  for (const Leaf& l : leaves) {
+    const int64_t a = std::max(lo, base), b = std::min(hi, base + l.n);
+    if (a < b) loop(scalars, l.buffers.data(), a - base, b - base);
+    base += l.n;
+    if (base >= hi) break;
+  }
+}
+
+int Cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Splits the elements over the cores this process may run on, at least 64k elements a thread
+// (below that, starting a thread costs more than the pass).
+void Run(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64_t total) {
+  static const int cores = Cores();
+  const int64_t parts = std::min<int64_t>(cores, total >> 16);
+  if (parts <= 1) {
+    Span(loop, scalars, leaves, 0, total);
+    return;
+  }
+  const int64_t chunk = ((total + parts - 1) / parts + 15) / 16 * 16;
+  std::vector<std::thread> helpers;
+  for (int64_t t = 1; t < parts; ++t) {
+    const int64_t lo = t * chunk, hi = std::min(total, lo + chunk);
+    if (lo < hi) helpers.emplace_back([=, &leaves] { Span(loop, scalars, leaves, lo, hi); });
+  }
+  Span(loop, scalars, leaves, 0, std::min(total, chunk));
+  for (std::thread& h : helpers) h.join();
+}
+
+ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view program,
+                 int64_t k) {
+  Loop loop = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    auto it = Registry().find(std::string(program));
+    if (it != Registry().end()) loop = it->second;
+  }
+  if (loop == nullptr)
+    return ffi::Error::Internal("gx_elementwise: program " + std::string(program) +
+                                " is not loaded in this process");
+  const int64_t rest = static_cast<int64_t>(args.size()) - 1;
+  if (k < 2 || rest < 0 || rest % k != 0 || rets.size() == 0 || rest == 0 ||
+      static_cast<int64_t>(rets.size()) % (rest / k) != 0)
+    return ffi::Error::InvalidArgument("gx_elementwise: operands do not match the program");
+  auto scalars = args.get<ffi::Buffer<ffi::F32>>(0);
+  if (scalars.has_error())
+    return ffi::Error::InvalidArgument("gx_elementwise: operand 0 must be float32");
+  const int64_t n_leaves = rest / k, r = static_cast<int64_t>(rets.size()) / n_leaves;
+  if (r < 1 || r > k - 1)
+    return ffi::Error::InvalidArgument("gx_elementwise: operands do not match the program");
+  std::vector<Leaf> leaves(n_leaves);
+  int64_t total = 0;
+  for (int64_t li = 0; li < n_leaves; ++li) {
+    Leaf& l = leaves[li];
+    l.buffers.resize(k);
+    for (int64_t i = 0; i < k; ++i) {
+      // The parameter (input 1) and the slots (the last r - 1 inputs) are read from, and
+      // written to, their results: the caller aliases each to its operand.
+      const int64_t out = i == 1 ? 0 : (i >= k - (r - 1) ? 1 + i - (k - (r - 1)) : -1);
+      auto x = args.get<ffi::Buffer<ffi::F32>>(1 + li * k + i);
+      if (x.has_error()) return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32");
+      if (i == 0) l.n = x->element_count();
+      if (x->element_count() != l.n)
+        return ffi::Error::InvalidArgument("gx_elementwise: a leaf's arrays differ in size");
+      if (out < 0) {
+        l.buffers[i] = const_cast<float*>(x->typed_data());  // read only
+        continue;
+      }
+      auto y = rets.get<ffi::Buffer<ffi::F32>>(li * r + out);
+      if (y.has_error() || (*y)->element_count() != l.n)
+        return ffi::Error::InvalidArgument("gx_elementwise: results must be f32 like the leaf");
+      l.buffers[i] = (*y)->typed_data();
+    }
+    total += l.n;
+  }
+  Run(loop, scalars->typed_data(), leaves, total);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// Makes the compiled program `fn` callable as `name` (gradxform/_fused/build.py calls this).
+extern "C" void gx_register_program(const char* name, void* fn) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  Registry()[name] = reinterpret_cast<Loop>(fn);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwise, Apply,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<std::string_view>("program")
+                                  .Attr<int64_t>("k"));

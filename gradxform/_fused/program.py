@@ -1,0 +1,378 @@
+"""A chain's elementwise tail as one program, run over every leaf by one C++ kernel.
+
+The parts at the end of a chain that declare themselves elementwise (`gradxform._base.
+elementwise`: the same float arithmetic for every element of every leaf, given a few scalars
+such as step counts and hyperparameters) form its *tail*. `apply` runs the tail and the
+parameter step `θ ← θ + u` as one pass of `elementwise.cc`, which reads the incoming update,
+each parameter and each state slot once and writes the parameter and each slot once, in place.
+
+The program is not written by hand per optimizer. `apply` traces the tail itself on a *probe*:
+the same parts on a one-leaf tree of shape (7,), with the real step counts and other scalar
+state as inputs. The trace (a jaxpr) then splits in two:
+
+* the *prelude*, the equations on scalars only (bias corrections, schedules, `count + 1`): they
+  run as ordinary JAX operations on the real values, in the caller's program;
+* the *body*, the equations on per-element values: each becomes one instruction of the
+  kernel's program, in the trace's order, so the kernel computes the float32 numbers the
+  per-leaf chain computes (XLA may contract or reassociate nothing here; it can turn a
+  division by a scalar into a multiplication, a difference of an ulp).
+
+Anything the kernel cannot do exactly (other dtypes than float32, a primitive outside its small
+instruction set, a reduction, state that is not one slot per parameter) makes `apply` return
+None, and the chain runs its parts one by one: the per-leaf path stays the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core
+
+from gradxform._base import CHECKED_KEY, apply_updates, meta
+
+#: The probe leaf's shape: a size no scalar state of a transform has.
+_PROBE = (7,)
+#: Leaves per kernel call. XLA's compile time grows faster than linearly in the aliased
+#: operands of one custom call (500 leaves: 4.8 s in one call, 0.5 s in calls of 64).
+_LEAVES_PER_CALL = 64
+
+# Opcodes of elementwise.cc (keep in step with its `enum Op`).
+_BINARY = {"add": 0, "sub": 1, "mul": 2, "div": 3, "max": 4, "min": 5, "pow": 6, "atan2": 7,
+           "gt": 40, "ge": 41, "lt": 42, "le": 43, "eq": 44, "ne": 45, "and": 46, "or": 47}
+_UNARY = {"neg": 16, "sqrt": 17, "rsqrt": 18, "abs": 19, "sign": 20, "exp": 21, "log": 22,
+          "log1p": 23, "expm1": 24, "tanh": 25, "copy": 26, "copy_p": 26, "square": 27,
+          "floor": 28, "ceil": 29, "is_finite": 30, "not": 31}
+_SELECT = 60
+_CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
+
+
+def tail_start(parts: list[Any]) -> int | None:
+  """Where the chain's elementwise tail starts, or None when its last part is not elementwise."""
+  start = len(parts)
+  while start > 0 and meta(parts[start - 1], "elementwise"):
+    start -= 1
+  return None if start == len(parts) else start
+
+
+class _Unsupported(Exception):
+  """The tail's trace holds something the kernel cannot compute exactly."""
+
+
+class _Elem(NamedTuple):
+  """A per-element value: the register that holds it."""
+  reg: int
+
+
+class _Uniform(NamedTuple):
+  """A probe-shaped value equal in every element: the scalar it repeats."""
+  value: Any
+
+
+_TEMP = 1 << 20  # temporaries are numbered from here until `program` assigns registers
+
+
+class _Builder:
+  """Turns the body of a trace into the kernel's program, evaluating its prelude on the way."""
+
+  def __init__(self, n_inputs: int):
+    self.k = n_inputs
+    self.scalars: list[jax.Array] = []
+    self.scalar_regs: dict[int, int] = {}
+    self.keep: list[Any] = []       # the scalars' original objects, so that their ids stay theirs
+    self.code: list[tuple[int, int, tuple[int, ...]]] = []
+
+  def scalar(self, x: Any) -> int:
+    """The register broadcasting the real scalar `x` (a value of the caller's program)."""
+    if id(x) not in self.scalar_regs:
+      v = jnp.asarray(x)
+      if v.shape != () or not (jnp.issubdtype(v.dtype, jnp.floating) or v.dtype == jnp.bool_):
+        raise _Unsupported(f"scalar operand of shape {v.shape} and dtype {v.dtype}")
+      self.keep.append(x)
+      self.scalar_regs[id(x)] = len(self.scalars)
+      self.scalars.append(v.astype(jnp.float32))
+    return self.k + self.scalar_regs[id(x)]
+
+  def reg(self, v: Any) -> int:
+    if isinstance(v, _Elem):
+      return v.reg
+    return self.scalar(v.value if isinstance(v, _Uniform) else v)
+
+  def emit(self, op: int, *operands: int) -> _Elem:
+    dst = _TEMP + len(self.code)
+    self.code.append((op, dst, operands))
+    return _Elem(dst)
+
+  def source(self, outputs: list[tuple[int, int]]) -> tuple[str, jax.Array]:
+    """The C++ loop of the program (`elementwise.cc`'s `Loop`) and its scalars operand.
+
+    `outputs`: (register, buffer) pairs, stored in that order. Every element loads its k
+    buffers, runs the instructions in the trace's order (one float32 operation each, no
+    contraction) and stores the outputs; parameter and slots are updated in place.
+    """
+    def ref(r: int) -> str:
+      return f"x{r}" if r < self.k else (f"s{r - self.k}" if r < _TEMP else f"t{r - _TEMP}")
+
+    body = []
+    for op, dst, regs in self.code:
+      a = [ref(r) for r in regs]
+      body.append(f"    const float {ref(dst)} = {_C[op](*a)};")
+    lines = [_PRELUDE, 'extern "C" void gx_run(const float* s, float* const* b, int64_t lo, '
+             'int64_t hi) {']
+    lines += [f"  float* __restrict b{i} = b[{i}];" for i in range(self.k)]
+    lines += [f"  const float s{i} = s[{i}];" for i in range(len(self.scalars))]
+    lines += ["  for (int64_t i = lo; i < hi; ++i) {"]
+    lines += [f"    const float x{i} = b{i}[i];" for i in range(self.k)]
+    lines += body + [f"    b{buf}[i] = {ref(r)};" for r, buf in outputs] + ["  }", "}", ""]
+    scalars = jnp.stack(self.scalars) if self.scalars else jnp.zeros((1,), jnp.float32)
+    return "\n".join(lines), scalars
+
+
+_PRELUDE = """// Generated by gradxform/_fused/program.py from a chain's trace.
+#include <math.h>
+#include <stdint.h>
+static inline float gx_max(float a, float b) { return (a != a || a > b) ? a : b; }
+static inline float gx_min(float a, float b) { return (a != a || a < b) ? a : b; }
+static inline float gx_sign(float a) { return a > 0.f ? 1.f : (a < 0.f ? -1.f : a); }
+static inline float gx_bool(bool a) { return a ? 1.f : 0.f; }
+"""
+
+# Each opcode as a C++ expression of its operands (float32; booleans are 0 or 1).
+_C = {
+    0: "({} + {})".format, 1: "({} - {})".format, 2: "({} * {})".format, 3: "({} / {})".format,
+    4: "gx_max({}, {})".format, 5: "gx_min({}, {})".format, 6: "powf({}, {})".format,
+    7: "atan2f({}, {})".format, 16: "(-{})".format, 17: "sqrtf({})".format,
+    18: "(1.f / sqrtf({}))".format, 19: "fabsf({})".format, 20: "gx_sign({})".format,
+    21: "expf({})".format, 22: "logf({})".format, 23: "log1pf({})".format,
+    24: "expm1f({})".format, 25: "tanhf({})".format, 26: "{}".format,
+    27: lambda a: f"({a} * {a})", 28: "floorf({})".format, 29: "ceilf({})".format,
+    30: "gx_bool(isfinite({}))".format, 31: "gx_bool({} == 0.f)".format,
+    40: "gx_bool({} > {})".format, 41: "gx_bool({} >= {})".format,
+    42: "gx_bool({} < {})".format, 43: "gx_bool({} <= {})".format,
+    44: "gx_bool({} == {})".format, 45: "gx_bool({} != {})".format,
+    46: "gx_bool({} != 0.f && {} != 0.f)".format, 47: "gx_bool({} != 0.f || {} != 0.f)".format,
+    _SELECT: "({0} != 0.f ? {2} : {1})".format,
+}
+
+
+def _walk(b: _Builder, jaxpr: Any, consts: list[Any], args: list[Any]) -> list[Any]:
+  """Evaluates `jaxpr`: scalar equations run as JAX operations, the others become code."""
+  env: dict[Any, Any] = {}
+
+  def read(v: Any) -> Any:
+    return v.val if isinstance(v, core.Literal) else env[v]
+
+  for var, val in zip(jaxpr.constvars, consts):
+    env[var] = val
+  for var, val in zip(jaxpr.invars, args):
+    env[var] = val
+  for eqn in jaxpr.eqns:
+    ins = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    per_element = any(isinstance(x, (_Elem, _Uniform)) for x in ins)
+    if not per_element:
+      outs = eqn.primitive.bind(*ins, **eqn.params)
+      outs = outs if eqn.primitive.multiple_results else [outs]
+      for var in eqn.outvars:
+        if tuple(var.aval.shape) == _PROBE:
+          raise _Unsupported(f"{name} makes a per-element value from scalars")
+      env.update(zip(eqn.outvars, outs))
+      continue
+    if name in _CALLS:
+      sub = eqn.params[_CALLS[name]]
+      sub_jaxpr, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, [])
+      env.update(zip(eqn.outvars, _walk(b, sub_jaxpr, list(sub_consts), ins)))
+      continue
+    out = eqn.outvars[0]
+    dtype = out.aval.dtype
+    if len(eqn.outvars) != 1 or not (dtype == jnp.float32 or dtype == jnp.bool_):
+      raise _Unsupported(f"{name} with a result of dtype {dtype}")
+    if any(isinstance(x, _Elem) for x in ins):
+      env[out] = _instruction(b, eqn, ins)
+    else:  # per-element but equal everywhere: compute it once, as a scalar
+      scalars = [x.value if isinstance(x, _Uniform) else x for x in ins]
+      env[out] = _Uniform(_scalar_op(eqn, scalars))
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _scalar_op(eqn: Any, ins: list[Any]) -> Any:
+  name = eqn.primitive.name
+  if name == "broadcast_in_dim":
+    return ins[0]
+  if name not in _BINARY and name not in _UNARY and name not in (
+      "select_n", "convert_element_type", "integer_pow", "clamp"):
+    raise _Unsupported(f"{name} on a per-element value")
+  params = {k: v for k, v in eqn.params.items() if k != "sharding"}
+  if name == "convert_element_type":
+    return jnp.asarray(ins[0], params["new_dtype"])
+  return eqn.primitive.bind(*[jnp.asarray(x) for x in ins], **{**params, **(
+      {"sharding": None} if "sharding" in eqn.params else {})})
+
+
+def _instruction(b: _Builder, eqn: Any, ins: list[Any]) -> Any:
+  name = eqn.primitive.name
+  if name == "div" and not isinstance(ins[1], _Elem):
+    # XLA:CPU turns a division by a value equal in every element into a multiplication by its
+    # reciprocal; the kernel does the same, so that the two round alike.
+    d = ins[1].value if isinstance(ins[1], _Uniform) else ins[1]
+    return b.emit(_BINARY["mul"], b.reg(ins[0]), b.scalar(1.0 / jnp.asarray(d, jnp.float32)))
+  if name in _BINARY and len(ins) == 2:
+    return b.emit(_BINARY[name], b.reg(ins[0]), b.reg(ins[1]))
+  if name in _UNARY and len(ins) == 1:
+    return b.emit(_UNARY[name], b.reg(ins[0]))
+  if name == "integer_pow" and eqn.params["y"] == 2:
+    return b.emit(_UNARY["square"], b.reg(ins[0]))
+  if name == "convert_element_type":
+    src = eqn.invars[0].aval.dtype
+    to = eqn.params["new_dtype"]
+    if src == to or (src == jnp.bool_ and to == jnp.float32):
+      return ins[0]
+  if name == "broadcast_in_dim" and isinstance(ins[0], _Elem):
+    return ins[0]
+  if name == "select_n" and len(ins) == 3:
+    # select_n(p, x0, x1): x1 where p else x0 (p a boolean)
+    if eqn.invars[0].aval.dtype != jnp.bool_:
+      raise _Unsupported("select_n on an integer predicate")
+    return b.emit(_SELECT, b.reg(ins[0]), b.reg(ins[1]), b.reg(ins[2]))
+  if name == "clamp":  # clamp(lo, x, hi) = min(max(x, lo), hi)
+    low = b.emit(_BINARY["max"], b.reg(ins[1]), b.reg(ins[0]))
+    return b.emit(_BINARY["min"], low.reg, b.reg(ins[2]))
+  raise _Unsupported(f"{name} on a per-element value")
+
+
+def _probe_states(parts: list[Any], real: list[Any]) -> list[Any]:
+  """The tail's states for a one-leaf probe, with the real states' shared counters."""
+  from gradxform._base import _shares
+  probe = jax.ShapeDtypeStruct(_PROBE, jnp.float32)
+  out = []
+  for tx, r in zip(parts, real):
+    s = jax.eval_shape(tx.init, probe)
+    if _shares(tx, s) and getattr(r, "count", 0) is None:
+      s = s._replace(count=None)
+    out.append(s)
+  return out
+
+
+def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
+          extra: dict[str, Any], grad: Any, count: Any) -> tuple[Any, list[Any]] | None:
+  """New params and the tail's new states, or None where the kernel cannot run exactly.
+
+  `chain` is the `_Chain` whose parts from `start` on form the tail; `updates` enter the tail,
+  `states` are the tail's parts' states, `grad` the raw gradient an earlier part fixed (or None)
+  and `count` the chain's shared step counter.
+  """
+  from gradxform._fused import build
+  if (set(extra) - {CHECKED_KEY} or not extra.get(CHECKED_KEY) or jax.config.jax_enable_x64
+      or jax.default_backend() != "cpu" or params is None):
+    return None
+  leaves, tree = jax.tree.flatten(params)
+  if not leaves or not all(_f32(x) for x in leaves) or build.library() is None:
+    return None
+  parts = chain.parts[start:]
+  try:
+    probes = _probe_states(parts, states)
+    # Per probe leaf: a slot (the real subtree holds one f32 array per parameter) or a scalar
+    # (the real leaf is the same array in every element's step).
+    pairs = [jax.tree.map(lambda a, r: (a, r), pr, st) for pr, st in zip(probes, states)]
+  except Exception:  # noqa: BLE001 - the state is not laid out per parameter
+    return None
+  flat, pair_tree = jax.tree.flatten(pairs, is_leaf=lambda x: isinstance(x, tuple) and len(
+      x) == 2 and isinstance(x[0], jax.ShapeDtypeStruct))
+  slots, scalars, kinds = [], [], []
+  for aval, real in flat:
+    if tuple(aval.shape) == _PROBE:
+      real_leaves, real_tree = jax.tree.flatten(real)
+      if real_tree != tree or aval.dtype != jnp.float32 or not all(
+          _f32(x) and x.shape == p.shape for x, p in zip(real_leaves, leaves)):
+        return None
+      kinds.append("slot")
+      slots.append(real_leaves)
+    else:
+      if not hasattr(real, "shape") or tuple(jnp.shape(real)) != tuple(aval.shape):
+        return None
+      kinds.append("scalar")
+      scalars.append(real)
+  g_leaves = jax.tree.leaves(updates)
+  raw = None if grad is None else jax.tree.leaves(grad)
+  if len(g_leaves) != len(leaves) or not all(_f32(x) for x in g_leaves) or (
+      raw is not None and (len(raw) != len(leaves) or not all(_f32(x) for x in raw))):
+    return None
+  n_in = 2 + (raw is not None) + len(slots)
+  e = jax.ShapeDtypeStruct(_PROBE, jnp.float32)
+
+  def step(u, p, g, slot_vals, scalar_vals, c):
+    it_slot, it_scalar = iter(slot_vals), iter(scalar_vals)
+    vals = [next(it_slot) if k == "slot" else next(it_scalar) for k in kinds]
+    run_states = [None] * start + list(jax.tree.unflatten(pair_tree, vals))
+    u, _ = chain._run(range(start, len(chain.parts)), u, run_states, p, {CHECKED_KEY: True},
+                      g, c)
+    return apply_updates(p, u), run_states[start:]
+
+  def spec(x: Any) -> Any:
+    return None if x is None else jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+  try:
+    closed = jax.make_jaxpr(step)(e, e, None if raw is None else e, [e] * len(slots),
+                                  [spec(s) for s in scalars], spec(count))
+  except Exception:  # noqa: BLE001 - a part does not trace on the probe
+    return None
+  b = _Builder(n_in)
+  args: list[Any] = [_Elem(i) for i in range(n_in)]
+  args += list(scalars) + ([] if count is None else [count])
+  try:
+    outs = _walk(b, closed.jaxpr, list(closed.consts), args)
+    new_p, new_vals = outs[0], jax.tree.leaves(outs[1:])
+    out_regs = [b.reg(new_p)]
+    new_scalars = []
+    for kind, v in zip(kinds, outs[1:], strict=True):
+      if kind == "slot":
+        out_regs.append(b.reg(v))
+      elif isinstance(v, (_Elem, _Uniform)):
+        raise _Unsupported("a scalar state became per-element")
+      else:
+        new_scalars.append(v)
+    outputs = [(out_regs[0], 1)] + [(r, n_in - len(slots) + j)
+                                    for j, r in enumerate(out_regs[1:])]
+    source, scalar_operand = b.source(outputs)
+  except (_Unsupported, ValueError):
+    return None
+  del new_vals
+  name = build.program(source)
+  if name is None:
+    return None
+  new_leaves = _call(name, scalar_operand, leaves, g_leaves, raw, slots)
+  new_params = tree.unflatten(new_leaves[0])
+  it_slot, it_scalar = iter(new_leaves[1:]), iter(new_scalars)
+  vals = [tree.unflatten(next(it_slot)) if k == "slot" else next(it_scalar) for k in kinds]
+  return new_params, list(jax.tree.unflatten(pair_tree, vals))
+
+
+def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Array],
+          raw: list[jax.Array] | None, slots: list[list[jax.Array]]) -> list[list[jax.Array]]:
+  """Runs program `name` over every leaf: the new parameters, then each slot's new leaves."""
+  per_leaf = [[gi, pi] + ([raw[i]] if raw is not None else []) + [s[i] for s in slots]
+              for i, (gi, pi) in enumerate(zip(g, params))]
+  k, r = len(per_leaf[0]), 1 + len(slots)
+  outs: list[list[jax.Array]] = [[] for _ in range(r)]
+  for lo in range(0, len(per_leaf), _LEAVES_PER_CALL):
+    chunk = per_leaf[lo:lo + _LEAVES_PER_CALL]
+    operands = [scalars] + [x for leaf in chunk for x in leaf]
+    results = [jax.ShapeDtypeStruct(leaf[1].shape, jnp.float32) for leaf in chunk
+               for _ in range(r)]
+    # The parameter (input 1 of a leaf) is result 0, slot j (input k - r + 1 + j) result 1 + j.
+    aliases = {1 + k * i + 1: r * i for i in range(len(chunk))}
+    aliases.update({1 + k * i + k - r + 1 + j: r * i + 1 + j
+                    for i in range(len(chunk)) for j in range(r - 1)})
+    call = jax.ffi.ffi_call("gx_elementwise", results, input_output_aliases=aliases,
+                            vmap_method="sequential")
+    got = call(*operands, program=name, k=np.int64(k))
+    for j in range(r):
+      outs[j] += got[j::r]
+  return outs
+
+
+def _f32(x: Any) -> bool:
+  return isinstance(x, jax.Array) and x.dtype == jnp.float32
