@@ -324,7 +324,7 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   args += list(scalars) + ([] if count is None else [count])
   try:
     outs = _walk(b, closed.jaxpr, list(closed.consts), args)
-    new_p, new_vals = outs[0], jax.tree.leaves(outs[1:])
+    new_p = outs[0]
     out_regs = [b.reg(new_p)]
     new_scalars = []
     for kind, v in zip(kinds, outs[1:], strict=True):
@@ -339,7 +339,6 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
     source, scalar_operand = b.source(outputs)
   except (_Unsupported, ValueError):
     return None
-  del new_vals
   name = build.program(source)
   if name is None:
     return None
