@@ -8,7 +8,8 @@ measures, for each library:
   state donated;
 * the time of one step: `reps` steps run back to back and end in one `block_until_ready`,
   three such groups, the median group's mean;
-* the achieved memory bandwidth of the step, `words_per_param * 4 bytes * n_params / time`
+* the achieved memory bandwidth of the step, `words_per_param * bytes * n_params / time` (a
+  word is one parameter's dtype, float32 unless `--param-dtype`)
   (the algorithm's minimal traffic, e.g. Adam reads p, g, m, v and writes p, m, v: 7 words),
   as a fraction of the machine's triad bandwidth (see `triad_bandwidth`);
 * the optimizer state size in bytes.
@@ -104,7 +105,8 @@ QUICK_TREES: dict[str, Callable[[], list[tuple[str, tuple[int, ...]]]]] = {
 CPU_DEFAULT_TREES = ("resnet50", "gpt2_small", "leaves2000x1000", "single50m")
 
 
-def make_tree(shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str, jax.Array]:
+def make_tree(shapes: list[tuple[str, tuple[int, ...]]], seed: int,
+              dtype: Any = jnp.float32) -> dict[str, jax.Array]:
   """Parameters as a nested dict ('a/b/c' -> {'a': {'b': {'c': ...}}}), deterministic values."""
   tree: dict[str, Any] = {}
   for i, (name, shape) in enumerate(shapes):
@@ -113,7 +115,7 @@ def make_tree(shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[str,
     *parents, leaf = name.split("/")
     for p in parents:
       node = node.setdefault(p, {})
-    node[leaf] = 0.02 * jax.random.normal(key, shape, jnp.float32)
+    node[leaf] = (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
   return tree
 
 
@@ -281,11 +283,13 @@ def device_info() -> dict[str, Any]:
 
 
 def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, warmup: int,
-              seed: int, state_dtype: Any, snapshot: list[Any] | None = None) -> dict[str, Any]:
+              seed: int, state_dtype: Any, snapshot: list[Any] | None = None,
+              param_dtype: Any = jnp.float32) -> dict[str, Any]:
   """Compiles and times one library's step; with `snapshot` (a list), appends the params after
   `CHECK_STEPS` steps of the compiled step (as NumPy arrays) for `max_rel_diff`."""
-  params = make_tree(shapes, seed)
-  grads = jax.tree.map(lambda p: 0.1 * p + 1e-3, make_tree(shapes, seed + 1))
+  params = make_tree(shapes, seed, param_dtype)
+  grads = jax.tree.map(lambda p: 0.1 * p + 1e-3, make_tree(shapes, seed + 1, param_dtype))
+  size = np.dtype(param_dtype).itemsize  # bytes a word
   tx = build(lib, opt, state_dtype)
   state = tx.init(params)
   block((params, grads, state))
@@ -327,11 +331,12 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
       "lib": lib, "optimizer": opt, "tree": tree_name, "leaves": len(shapes),
       "params": n_params, "trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2,
       "total_compile_s": t3 - t0, "step_s": step_s, "step_min_s": min(times), "reps": reps,
-      "bytes_per_step": words(opt, shapes) * 4,
-      "achieved_bytes_per_s": words(opt, shapes) * 4 / step_s,
+      "bytes_per_step": words(opt, shapes) * size,
+      "achieved_bytes_per_s": words(opt, shapes) * size / step_s,
+      "param_dtype": np.dtype(param_dtype).name,
       "kernels": kernels, "state_bytes": state_bytes,
       "state_bytes_per_param": state_bytes / n_params,
-      "algorithm_state_bytes": words(opt, shapes, state=True) * 4,
+      "algorithm_state_bytes": words(opt, shapes, state=True) * size,
       "state_overhead_bytes": STATE_OVERHEAD_BYTES.get(opt, 4), "finite": finite,
   }
 
@@ -437,6 +442,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   ap.add_argument("--reps", type=int, default=None, help="timed steps (default 20; quick 3)")
   ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compile")
   ap.add_argument("--state-dtype", default=None, help="gradxform state_dtype, e.g. bfloat16")
+  ap.add_argument("--param-dtype", default="float32",
+                  help="the parameters' and gradients' dtype (float32, bfloat16, float16); a "
+                       "word in the bandwidth figures is one of these; torch is float32 only")
   ap.add_argument("--triad-size", type=int, default=None, help="float32 elements per array")
   ap.add_argument("--check", action="store_true",
                   help="also report the max relative difference of params between libraries")
@@ -495,13 +503,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       snapshots: list[Any] | None = [] if args.check and len(libs) > 1 else None
       for lib in libs:
         row = bench_one(lib, opt, tree_name, shapes, reps, warmup, args.seed, args.state_dtype,
-                        snapshots)
+                        snapshots, jnp.dtype(args.param_dtype))
         row["kind"] = "step"
         row["fraction_of_reference_bandwidth"] = row["achieved_bytes_per_s"] / ref
         rows.append(row)
         emit(row)
         gc.collect()
-      if args.torch_python and opt in TORCH_OPTIMIZERS:
+      if args.torch_python and opt in TORCH_OPTIMIZERS and args.param_dtype == "float32":
         row = bench_torch(args.torch_python, opt, tree_name, shapes, reps, warmup, args.seed)
         row["kind"] = "step"
         row["fraction_of_reference_bandwidth"] = row["achieved_bytes_per_s"] / ref

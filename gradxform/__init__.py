@@ -20,6 +20,7 @@ from gradxform._base import identity
 from gradxform._base import kernel_status
 from gradxform._base import named_chain
 # --- the chain protocol: declaring a transform, reading what its chain passes ---------------
+from gradxform._base import elementwise
 from gradxform._base import next_count
 from gradxform._base import raw_gradient
 from gradxform._base import step_count

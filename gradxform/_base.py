@@ -103,17 +103,60 @@ def meta(tx: GradientTransformation, name: str) -> Any:
 
 
 def elementwise(tx: GradientTransformation) -> GradientTransformation:
-  """`tx`, declaring that its update is elementwise: the same float arithmetic for every
-  element of every leaf, given scalars (step counts, hyperparameters) from its state, which
-  holds those scalars and one array per parameter ("slots") and nothing else.
+  """Declares `tx` elementwise, so that `update_and_apply` can fuse it with its neighbours.
 
-  `update_and_apply` may then run it with its elementwise neighbours at the end of a chain,
-  and the parameter step, as one fused pass (`gradxform._fused.program`, which traces it).
+  A transform is elementwise when its update does the same arithmetic on every element of
+  every leaf, given only scalars (step counts, hyperparameters, schedules) besides the
+  element's own values, and its state holds such scalars and arrays shaped like the parameters
+  ("slots", one per parameter) and nothing else: a momentum, an RMS, a sign rule, a clip by
+  value. The run of elementwise parts at the end of a chain then runs with the parameter step
+  as one fused pass on CPU (`update_and_apply`); gradxform's own such transforms are declared
+  already. The declaration is checked where a trace can check it: a reduction over a leaf, an
+  operation the fused pass has no instruction for, or a state of another layout make the step
+  the two calls, with the same results. What no trace shows is a dependence on a leaf's shape
+  or path: do not declare such a transform.
+
+  Args:
+    tx: a transform, not a chain (declare its parts).
+
+  Returns:
+    `tx` with the declaration: the same `init`, the same `update` (and equal to `tx`).
+
+  Raises:
+    TypeError: `tx` is not a `GradientTransformation`.
+    ValueError: `tx` is a chain.
+
+  Example:
+    >>> signs = gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(jnp.sign, u)))
+    >>> tx = gx.chain(gx.clip_by_global_norm(1.0), signs, gx.scale(-0.01))
+    >>> new_params, state = gx.update_and_apply(tx, grads, tx.init(params), params)
+    >>> new_params["b"]                       # θ − 0.01 · sign(g)
+    Array([ 0.09, -0.11], dtype=float32)
+
+  References:
+    torch.optim's `fused=True` steps, which run an optimizer's whole elementwise step as one
+    pass over each parameter; here the pass is traced from the declared parts instead of
+    written per optimizer (BUILD_NOTES: Performance design).
   """
-  fn, info = (tx.update.fn, dict(tx.update.meta)) if isinstance(tx.update, Fn) else (
-      tx.update, {})
+  if not (isinstance(tx, tuple) and callable(getattr(tx, "init", None))
+          and callable(getattr(tx, "update", None))):
+    raise TypeError(f"gx.elementwise expects a GradientTransformation, got {type(tx).__name__}")
+  if meta(tx, "flat_chain"):
+    raise ValueError("gx.elementwise declares one transform, not a chain: declare each of its "
+                     "parts that is elementwise, then chain them")
+  fn, key, info = (tx.update.fn, tx.update.key, dict(tx.update.meta)) if isinstance(
+      tx.update, Fn) else (tx.update, None, {})
   info["elementwise"] = True
-  return GradientTransformation(tx.init, Fn(fn, None, **info))
+  return GradientTransformation(tx.init, Fn(fn, key, **info))
+
+
+def all_elementwise(tx: GradientTransformation) -> bool:
+  """Whether `tx` is declared elementwise, or is a chain of such parts only: a wrapper that
+  adds elementwise arithmetic and slots of its own to it (schedule-free, lookahead) is then
+  elementwise too."""
+  flat = meta(tx, "flat_chain")
+  return all(meta(t, "elementwise") for t in flat.parts) if flat else bool(
+      meta(tx, "elementwise"))
 
 
 def transform(factory: Callable[..., GradientTransformation] | None = None, *,
@@ -612,10 +655,11 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   optimizers, also after clipping or other parts) run with the parameter step as one fused
   pass over all leaves: each gradient, parameter and state slot is read once and written once,
   in place when `params` and `state` are donated to the `jax.jit` around it. The pass is
-  traced from the parts themselves and compiled once per machine; it needs float32 leaves and
-  a C++ compiler (`gx.kernel_status()` says whether it is available). Elsewhere the step is
-  the two calls above. The fused pass computes the same float32 operations in the same order,
-  equal to rounding (BUILD_NOTES: Performance design).
+  traced from the parts themselves and compiled once per machine; it needs float32, bfloat16
+  or float16 leaves and a C++ compiler (`gx.kernel_status()` says whether it is available).
+  Elsewhere the step is the two calls above. The fused pass computes the same operations in
+  the same order (a 16-bit one in float32, rounded once, as XLA does), equal to rounding
+  (BUILD_NOTES: Performance design).
 
   Example:
     >>> tx = gx.adam(1e-3)
@@ -628,9 +672,13 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
     state in one pass; Optax's `apply_updates` for the two-call form.
   """
   flat = meta(tx, "flat_chain")
-  if isinstance(flat, _Chain) and not any(
-      jnp.iscomplexobj(x) for x in jax.tree.leaves((grads, params))):
-    return flat.update_and_apply(grads, state, params)
+  if not any(jnp.iscomplexobj(x) for x in jax.tree.leaves((grads, params))):
+    if isinstance(flat, _Chain):
+      return flat.update_and_apply(grads, state, params)
+    if meta(tx, "elementwise"):  # one part: a chain of it, whose state is `(state,)`
+      params, (state,) = _Chain("update_and_apply", [tx], None).update_and_apply(
+          grads, (state,), params)
+      return params, state
   updates, state = tx.update(grads, state, params)
   return apply_updates(params, updates), state
 

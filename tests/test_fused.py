@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -102,10 +103,33 @@ FUSABLE = {
     "adabelief": lambda: gx.adabelief(1e-2),
     "clip_by_value_then_l2_sgd": lambda: gx.chain(gx.clip(0.5), gx.add_l2_penalty(0.1),
                                                   gx.sgd(1e-2, momentum=0.9)),
-    "radam_rectified_head": lambda: gx.radam(1e-2),   # only its learning rate is elementwise
+    "radam": lambda: gx.radam(1e-2),
     "noisy_sgd_noise_head": lambda: gx.noisy_sgd(1e-2),
     "masked_decay_head": lambda: gx.adamw(1e-2, mask=lambda p: jax.tree.map(
         lambda x: x.ndim > 1, p)),
+    "ademamix": lambda: gx.ademamix(1e-2, weight_decay=0.01),
+    "simplified_ademamix": lambda: gx.simplified_ademamix(1e-2, alpha=2.0),
+    "madgrad": lambda: gx.madgrad(1e-2, weight_decay=0.01),
+    "optimistic_gradient_descent": lambda: gx.optimistic_gradient_descent(1e-2),
+    "optimistic_adam": lambda: gx.optimistic_adam(1e-2, 1e-2),
+    "cocob": lambda: gx.cocob(weight_decay=0.01),
+    "asgd": lambda: gx.asgd(1e-2, t0=2.0, weight_decay=0.01),
+    "clip_then_schedule_free_adamw": lambda: gx.chain(
+        gx.clip_by_global_norm(1.0), gx.schedule_free_adamw(1e-2, weight_decay=0.01)),
+    "clip_then_schedule_free_sgd": lambda: gx.chain(gx.clip(1.0),
+                                                    gx.schedule_free_sgd(1e-2, warmup_steps=3)),
+    "clip_then_lookahead_adam": lambda: gx.chain(gx.clip(1.0),
+                                                 gx.lookahead(gx.adam(1e-2), 2, 0.5)),
+    "sgd_then_keep_params_nonnegative": lambda: gx.chain(gx.sgd(1e-1, momentum=0.9),
+                                                         gx.keep_params_nonnegative()),
+    "adam_then_ema_params": lambda: gx.chain(gx.adam(1e-2), gx.ema_params(0.9)),
+    "schedule_free_adamw_alone": lambda: gx.schedule_free_adamw(1e-2, weight_decay=0.01),
+    "adopt": lambda: gx.adopt(1e-2),
+    "adopt_nesterov_unclipped": lambda: gx.adopt(1e-2, nesterov=True, use_clipping=False),
+    "adan": lambda: gx.adan(1e-2, weight_decay=0.02),
+    "rprop": lambda: gx.rprop(1e-2),
+    "rprop_torch": lambda: gx.rprop(1e-2, always_clip=True),
+    "rprop_optax_028": lambda: gx.rprop(1e-2, stale_output=True),
 }
 
 
@@ -159,14 +183,123 @@ def test_fused_step_equals_numpy_adamw_from_the_papers(wd):
   chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6)
 
 
+def mixed_tree() -> dict:
+  """`tree()` with its matrix in bfloat16 and its 3-D leaf in float16: three dtypes."""
+  t = tree()
+  t["w"] = t["w"].astype(jnp.bfloat16)
+  t["deep"]["k"] = t["deep"]["k"].astype(jnp.float16)
+  return t
+
+
+# Configurations whose whole chain is the fused tail, so that the eager chain is the reference;
+# and, below, those with a head of other parts, which run jitted, as in the two-call step.
+SIXTEEN_BIT = ["adam", "adamw", "sgd_momentum", "sgd_nesterov", "lion", "nadam", "adagrad",
+               "rmsprop_centered_momentum", "yogi", "clip_by_value_then_l2_sgd"]
+SIXTEEN_BIT_STATE = {
+    "adam_bfloat16_state": lambda: gx.adam(1e-2, state_dtype=jnp.bfloat16),
+    "sgd_float16_state": lambda: gx.sgd(1e-2, momentum=0.9, state_dtype=jnp.float16),
+}
+WITH_HEAD = ["clip_then_adamw", "masked_decay_head"]
+
+
+def assert_within_ulps(got, want, ulps: int = 1):
+  """Each leaf equal to `want` within `ulps` units in the last place of its own dtype."""
+  chex.assert_trees_all_equal_dtypes(got, want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    if jnp.issubdtype(w.dtype, jnp.floating):
+      eps = float(jnp.finfo(w.dtype).eps)
+      np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                                 rtol=ulps * eps, atol=ulps * eps * 1e-3)
+    else:
+      np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("name", SIXTEEN_BIT + sorted(SIXTEEN_BIT_STATE) + WITH_HEAD)
+def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
+  """bfloat16 and float16 leaves (and 16-bit state) are fused too: each dtype signature gets
+  its own loop, every 16-bit result rounded once, as XLA computes it in float32."""
+  tx = {**FUSABLE, **SIXTEEN_BIT_STATE}[name]()
+  params = mixed_tree()
+  text = program(tx, params)
+  if KERNELS_ON:
+    assert text.count(TARGET) == 3, "one call per dtype signature"
+  steps = 6
+  if name in WITH_HEAD:
+    def two_calls(p, s, g):
+      updates, s = tx.update(g, s, p)
+      return gx.apply_updates(p, updates), s
+
+    # Two steps only: the jitted reference's own loops round about an ulp differently at
+    # each step, and the difference would grow with the steps.
+    steps = 2
+    step = jax.jit(two_calls)
+    want_p, want_s = params, tx.init(params)
+    for t in range(steps):
+      want_p, want_s = step(want_p, want_s, grads_at(t, params))
+  else:
+    want_p, want_s = reference(tx, params, steps)
+  got_p, got_s = fused(tx, params, steps)
+  assert_within_ulps((got_p, got_s), (want_p, want_s), 4 if name in WITH_HEAD else 1)
+
+
 def _sum_claiming_elementwise():
   """A part that declares itself elementwise but reduces each leaf: the trace must show it."""
-  from gradxform._base import elementwise
-  return elementwise(gx.stateless(lambda u, p: jax.tree.map(lambda x: x - jnp.mean(x), u)))
+  return gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(lambda x: x - jnp.mean(x), u)))
+
+
+class AbsEmaState(NamedTuple):
+  count: jax.Array
+  a: Any
+
+
+def scale_by_abs_ema(decay: float) -> gx.GradientTransformation:
+  """A user's transform: `a ← βa + (1 − β)|g|`, `u = g / (a / (1 − βᵗ) + 10⁻⁸)`."""
+  def init(params):
+    return AbsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None, **extra):
+    count = state.count + 1
+    a = jax.tree.map(lambda a, g: decay * a + (1 - decay) * jnp.abs(g), state.a, updates)
+    correction = 1 - decay ** count
+    return jax.tree.map(lambda g, a: g / (a / correction + 1e-8), updates, a), AbsEmaState(
+        count, a)
+
+  return gx.GradientTransformation(init, update)
+
+
+def test_a_users_transform_declared_elementwise_is_fused():
+  tx = gx.chain(gx.elementwise(scale_by_abs_ema(0.9)), gx.scale(-0.01))
+  params = {"w": tree()["w"], "b": tree()["b"]}
+  assert (TARGET in program(tx, params)) == KERNELS_ON
+  got, state = fused(tx, params, 5)
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  a = {k: np.zeros_like(v) for k, v in p.items()}
+  for t in range(5):
+    g = {k: np.asarray(v, np.float64) for k, v in grads_at(t, params).items()}
+    for k in p:
+      a[k] = 0.9 * a[k] + 0.1 * np.abs(g[k])
+      p[k] = p[k] - 0.01 * g[k] / (a[k] / (1 - 0.9 ** (t + 1)) + 1e-8)
+  chex.assert_trees_all_close(got, p, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(state[0].a, a, rtol=1e-5, atol=1e-7)
+  assert int(state[0].count) == 5
+
+
+def test_declaring_elementwise_checks_its_argument():
+  with pytest.raises(TypeError, match="expects a GradientTransformation, got int"):
+    gx.elementwise(3)
+  with pytest.raises(ValueError, match="declares one transform, not a chain"):
+    gx.elementwise(gx.adam(1e-3))
+  assert gx.elementwise(gx.scale(2.0)) == gx.scale(2.0)
+
+
+def _erf_claiming_elementwise():
+  """An elementwise part whose primitive (erf) the kernel has no instruction for."""
+  return gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(jax.lax.erf, u)))
 
 
 FALLBACK = {
-    "bfloat16_params": (lambda: gx.adam(1e-2), jnp.bfloat16),
+    "a_primitive_without_an_instruction": (lambda: gx.chain(
+        gx.scale_by_momentum(0.9), _erf_claiming_elementwise(), gx.scale(-0.1)), jnp.float32),
     "int8_state": (lambda: gx.adam(1e-2, state_dtype="int8"), jnp.float32),
     "inject_hyperparams": (lambda: gx.inject_hyperparams(gx.adam)(learning_rate=1e-2),
                            jnp.float32),

@@ -1,4 +1,5 @@
-// Runs a chain's elementwise step over every float32 leaf of a tree, in one pass.
+// Runs a chain's elementwise step over every leaf of a tree (float32, bfloat16 or float16),
+// in one pass.
 //
 // gradxform's `update_and_apply` traces a chain's elementwise tail (momentum, RMS, Adam, Lion,
 // weight decay, the learning rate and the parameter step) and writes it as one small C++ loop
@@ -29,7 +30,8 @@ namespace ffi = xla::ffi;
 namespace {
 
 // A compiled program: the step for elements [lo, hi) of one leaf, given its buffers.
-using Loop = void (*)(const float* scalars, float* const* buffers, int64_t lo, int64_t hi);
+// Buffers are of the dtypes the program was generated for.
+using Loop = void (*)(const float* scalars, void* const* buffers, int64_t lo, int64_t hi);
 
 std::mutex registry_mutex;
 std::unordered_map<std::string, Loop>& Registry() {
@@ -38,7 +40,7 @@ std::unordered_map<std::string, Loop>& Registry() {
 }
 
 struct Leaf {
-  std::vector<float*> buffers;
+  std::vector<void*> buffers;
   int64_t n;
 };
 
@@ -52,6 +54,10 @@ void Span(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int6
     base += l.n;
     if (base >= hi) break;
   }
+}
+
+bool Stored(ffi::DataType t) {
+  return t == ffi::DataType::F32 || t == ffi::DataType::BF16 || t == ffi::DataType::F16;
 }
 
 int Cores() {
@@ -109,19 +115,21 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
       // The parameter (input 1) and the slots (the last r - 1 inputs) are read from, and
       // written to, their results: the caller aliases each to its operand.
       const int64_t out = i == 1 ? 0 : (i >= k - (r - 1) ? 1 + i - (k - (r - 1)) : -1);
-      auto x = args.get<ffi::Buffer<ffi::F32>>(1 + li * k + i);
-      if (x.has_error()) return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32");
+      auto x = args.get<ffi::AnyBuffer>(1 + li * k + i);
+      if (x.has_error() || !Stored(x->element_type()))
+        return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32, bf16 or f16");
       if (i == 0) l.n = x->element_count();
       if (x->element_count() != l.n)
         return ffi::Error::InvalidArgument("gx_elementwise: a leaf's arrays differ in size");
       if (out < 0) {
-        l.buffers[i] = const_cast<float*>(x->typed_data());  // read only
+        l.buffers[i] = x->untyped_data();  // read only
         continue;
       }
-      auto y = rets.get<ffi::Buffer<ffi::F32>>(li * r + out);
-      if (y.has_error() || (*y)->element_count() != l.n)
-        return ffi::Error::InvalidArgument("gx_elementwise: results must be f32 like the leaf");
-      l.buffers[i] = (*y)->typed_data();
+      auto y = rets.get<ffi::AnyBuffer>(li * r + out);
+      if (y.has_error() || (*y)->element_count() != l.n ||
+          (*y)->element_type() != x->element_type())
+        return ffi::Error::InvalidArgument("gx_elementwise: a result differs from its operand");
+      l.buffers[i] = (*y)->untyped_data();
     }
     total += l.n;
   }

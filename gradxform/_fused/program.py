@@ -13,13 +13,15 @@ state as inputs. The trace (a jaxpr) then splits in two:
 * the *prelude*, the equations on scalars only (bias corrections, schedules, `count + 1`): they
   run as ordinary JAX operations on the real values, in the caller's program;
 * the *body*, the equations on per-element values: each becomes one instruction of the
-  kernel's program, in the trace's order, so the kernel computes the float32 numbers the
-  per-leaf chain computes (XLA may contract or reassociate nothing here; it can turn a
-  division by a scalar into a multiplication, a difference of an ulp).
+  kernel's program, in the trace's order, so the kernel computes the numbers the per-leaf
+  chain computes (XLA may contract or reassociate nothing here; it can turn a division by a
+  scalar into a multiplication, a difference of an ulp).
 
-Anything the kernel cannot do exactly (other dtypes than float32, a primitive outside its small
-instruction set, a reduction, state that is not one slot per parameter) makes `apply` return
-None, and the chain runs its parts one by one: the per-leaf path stays the reference.
+Leaves are float32, bfloat16 or float16 (parameter, update and each slot alike or not): the
+leaves of one dtype signature share a program, traced on a probe of those dtypes. Anything the
+kernel cannot do exactly (other dtypes, a primitive outside its small instruction set, a
+reduction, state that is not one slot per parameter) makes `apply` return None, and the chain
+runs its parts one by one: the per-leaf path stays the reference.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ _BINARY = {"add": 0, "sub": 1, "mul": 2, "div": 3, "max": 4, "min": 5, "pow": 6,
            "gt": 40, "ge": 41, "lt": 42, "le": 43, "eq": 44, "ne": 45, "and": 46, "or": 47}
 _UNARY = {"neg": 16, "sqrt": 17, "rsqrt": 18, "abs": 19, "sign": 20, "exp": 21, "log": 22,
           "log1p": 23, "expm1": 24, "tanh": 25, "copy": 26, "copy_p": 26, "square": 27,
-          "floor": 28, "ceil": 29, "is_finite": 30, "not": 31}
+          "floor": 28, "ceil": 29, "is_finite": 30, "not": 31, "cbrt": 32}
 _SELECT = 60
 _CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
@@ -76,20 +78,26 @@ _TEMP = 1 << 20  # temporaries are numbered from here until `program` assigns re
 
 
 class _Builder:
-  """Turns the body of a trace into the kernel's program, evaluating its prelude on the way."""
+  """Turns the body of a trace into the kernel's program, evaluating its prelude on the way.
 
-  def __init__(self, n_inputs: int):
-    self.k = n_inputs
+  Every value of the program is held in a C++ `float`. A bfloat16 or float16 result is that
+  float rounded to its dtype (exact: both are subsets of float32), as XLA computes a 16-bit
+  operation: in float32, rounded once to the 16-bit result.
+  """
+
+  def __init__(self, in_dtypes: list[Any]):
+    self.k = len(in_dtypes)
+    self.in_dtypes = [jnp.dtype(d) for d in in_dtypes]
     self.scalars: list[jax.Array] = []
     self.scalar_regs: dict[int, int] = {}
     self.keep: list[Any] = []       # the scalars' original objects, so that their ids stay theirs
-    self.code: list[tuple[int, int, tuple[int, ...]]] = []
+    self.code: list[tuple[int, int, tuple[int, ...], str]] = []
 
   def scalar(self, x: Any) -> int:
     """The register broadcasting the real scalar `x` (a value of the caller's program)."""
     if id(x) not in self.scalar_regs:
       v = jnp.asarray(x)
-      if v.shape != () or not (jnp.issubdtype(v.dtype, jnp.floating) or v.dtype == jnp.bool_):
+      if v.shape != () or not (v.dtype in _STORAGE or v.dtype == jnp.bool_):
         raise _Unsupported(f"scalar operand of shape {v.shape} and dtype {v.dtype}")
       self.keep.append(x)
       self.scalar_regs[id(x)] = len(self.scalars)
@@ -101,32 +109,42 @@ class _Builder:
       return v.reg
     return self.scalar(v.value if isinstance(v, _Uniform) else v)
 
-  def emit(self, op: int, *operands: int) -> _Elem:
+  def emit(self, op: int, *operands: int, dtype: Any = jnp.float32) -> _Elem:
+    """Appends `op` on `operands`, its result rounded to `dtype` (a float dtype, or bool)."""
     dst = _TEMP + len(self.code)
-    self.code.append((op, dst, operands))
+    dtype = jnp.dtype(dtype)
+    self.code.append((op, dst, operands, "" if dtype in (jnp.float32, jnp.bool_)
+                      else _STORAGE[dtype][1]))
     return _Elem(dst)
 
   def source(self, outputs: list[tuple[int, int]]) -> tuple[str, jax.Array]:
     """The C++ loop of the program (`elementwise.cc`'s `Loop`) and its scalars operand.
 
     `outputs`: (register, buffer) pairs, stored in that order. Every element loads its k
-    buffers, runs the instructions in the trace's order (one float32 operation each, no
-    contraction) and stores the outputs; parameter and slots are updated in place.
+    buffers, runs the instructions in the trace's order (one float operation each, no
+    contraction, 16-bit results rounded) and stores the outputs; parameter and slots are
+    updated in place.
     """
     def ref(r: int) -> str:
       return f"x{r}" if r < self.k else (f"s{r - self.k}" if r < _TEMP else f"t{r - _TEMP}")
 
     body = []
-    for op, dst, regs in self.code:
-      a = [ref(r) for r in regs]
-      body.append(f"    const float {ref(dst)} = {_C[op](*a)};")
-    lines = [_PRELUDE, 'extern "C" void gx_run(const float* s, float* const* b, int64_t lo, '
-             'int64_t hi) {']
-    lines += [f"  float* __restrict b{i} = b[{i}];" for i in range(self.k)]
+    for op, dst, regs, rounding in self.code:
+      expr = _C[op](*[ref(r) for r in regs])
+      body.append(f"    const float {ref(dst)} = {rounding}({expr});" if rounding else
+                  f"    const float {ref(dst)} = {expr};")
+    ctype = [_STORAGE[d][0] for d in self.in_dtypes]
+    lines = [_PRELUDE + (_F16 if jnp.dtype(jnp.float16) in self.in_dtypes or any(
+        c[3] == "gx_f16" for c in self.code) else ""),
+             'extern "C" void gx_run(const float* s, void* const* b, int64_t lo, int64_t hi) {']
+    lines += [f"  {ctype[i]}* __restrict b{i} = static_cast<{ctype[i]}*>(b[{i}]);"
+              for i in range(self.k)]
     lines += [f"  const float s{i} = s[{i}];" for i in range(len(self.scalars))]
     lines += ["  for (int64_t i = lo; i < hi; ++i) {"]
-    lines += [f"    const float x{i} = b{i}[i];" for i in range(self.k)]
-    lines += body + [f"    b{buf}[i] = {ref(r)};" for r, buf in outputs] + ["  }", "}", ""]
+    lines += [f"    const float x{i} = {_LOAD[ctype[i]].format(f'b{i}[i]')};"
+              for i in range(self.k)]
+    lines += body + [f"    b{buf}[i] = {_STORE[ctype[buf]].format(ref(r))};"
+                     for r, buf in outputs] + ["  }", "}", ""]
     scalars = jnp.stack(self.scalars) if self.scalars else jnp.zeros((1,), jnp.float32)
     return "\n".join(lines), scalars
 
@@ -134,11 +152,35 @@ class _Builder:
 _PRELUDE = """// Generated by gradxform/_fused/program.py from a chain's trace.
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 static inline float gx_max(float a, float b) { return (a != a || a > b) ? a : b; }
 static inline float gx_min(float a, float b) { return (a != a || a < b) ? a : b; }
 static inline float gx_sign(float a) { return a > 0.f ? 1.f : (a < 0.f ? -1.f : a); }
 static inline float gx_bool(bool a) { return a ? 1.f : 0.f; }
+// bfloat16: the upper half of a float32, rounded to nearest even (NaNs stay NaN).
+static inline uint16_t gx_bf16_bits(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static inline float gx_from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+static inline float gx_bf16(float x) { return gx_from_bf16(gx_bf16_bits(x)); }
 """
+# Only in programs with float16 values: a compiler without `_Float16` fails only those.
+_F16 = ("static inline float gx_f16(float x) {\n"
+        "  return static_cast<float>(static_cast<_Float16>(x));\n}\n")
+
+#: The kernel's dtypes: their C++ storage type and the function rounding a float to them.
+_STORAGE = {jnp.dtype(jnp.float32): ("float", ""), jnp.dtype(jnp.bfloat16): ("uint16_t", "gx_bf16"),
+            jnp.dtype(jnp.float16): ("_Float16", "gx_f16")}
+_LOAD = {"float": "{}", "uint16_t": "gx_from_bf16({})", "_Float16": "static_cast<float>({})"}
+_STORE = {"float": "{}", "uint16_t": "gx_bf16_bits({})", "_Float16": "static_cast<_Float16>({})"}
 
 # Each opcode as a C++ expression of its operands (float32; booleans are 0 or 1).
 _C = {
@@ -149,7 +191,7 @@ _C = {
     21: "expf({})".format, 22: "logf({})".format, 23: "log1pf({})".format,
     24: "expm1f({})".format, 25: "tanhf({})".format, 26: "{}".format,
     27: lambda a: f"({a} * {a})", 28: "floorf({})".format, 29: "ceilf({})".format,
-    30: "gx_bool(isfinite({}))".format, 31: "gx_bool({} == 0.f)".format,
+    30: "gx_bool(isfinite({}))".format, 31: "gx_bool({} == 0.f)".format, 32: "cbrtf({})".format,
     40: "gx_bool({} > {})".format, 41: "gx_bool({} >= {})".format,
     42: "gx_bool({} < {})".format, 43: "gx_bool({} <= {})".format,
     44: "gx_bool({} == {})".format, 45: "gx_bool({} != {})".format,
@@ -174,6 +216,9 @@ def _walk(b: _Builder, jaxpr: Any, consts: list[Any], args: list[Any]) -> list[A
     name = eqn.primitive.name
     per_element = any(isinstance(x, (_Elem, _Uniform)) for x in ins)
     if not per_element:
+      if name == "broadcast_in_dim" and tuple(eqn.outvars[0].aval.shape) == _PROBE:
+        env[eqn.outvars[0]] = _Uniform(ins[0])  # a scalar repeated: zeros_like, where(c, 0, x)
+        continue
       outs = eqn.primitive.bind(*ins, **eqn.params)
       outs = outs if eqn.primitive.multiple_results else [outs]
       for var in eqn.outvars:
@@ -188,7 +233,7 @@ def _walk(b: _Builder, jaxpr: Any, consts: list[Any], args: list[Any]) -> list[A
       continue
     out = eqn.outvars[0]
     dtype = out.aval.dtype
-    if len(eqn.outvars) != 1 or not (dtype == jnp.float32 or dtype == jnp.bool_):
+    if len(eqn.outvars) != 1 or not (dtype in _STORAGE or dtype == jnp.bool_):
       raise _Unsupported(f"{name} with a result of dtype {dtype}")
     if any(isinstance(x, _Elem) for x in ins):
       env[out] = _instruction(b, eqn, ins)
@@ -214,22 +259,25 @@ def _scalar_op(eqn: Any, ins: list[Any]) -> Any:
 
 def _instruction(b: _Builder, eqn: Any, ins: list[Any]) -> Any:
   name = eqn.primitive.name
-  if name == "div" and not isinstance(ins[1], _Elem):
+  dtype = eqn.outvars[0].aval.dtype
+  if name == "div" and not isinstance(ins[1], _Elem) and dtype == jnp.float32:
     # XLA:CPU turns a division by a value equal in every element into a multiplication by its
     # reciprocal; the kernel does the same, so that the two round alike.
     d = ins[1].value if isinstance(ins[1], _Uniform) else ins[1]
     return b.emit(_BINARY["mul"], b.reg(ins[0]), b.scalar(1.0 / jnp.asarray(d, jnp.float32)))
   if name in _BINARY and len(ins) == 2:
-    return b.emit(_BINARY[name], b.reg(ins[0]), b.reg(ins[1]))
+    return b.emit(_BINARY[name], b.reg(ins[0]), b.reg(ins[1]), dtype=dtype)
   if name in _UNARY and len(ins) == 1:
-    return b.emit(_UNARY[name], b.reg(ins[0]))
+    return b.emit(_UNARY[name], b.reg(ins[0]), dtype=dtype)
   if name == "integer_pow" and eqn.params["y"] == 2:
-    return b.emit(_UNARY["square"], b.reg(ins[0]))
+    return b.emit(_UNARY["square"], b.reg(ins[0]), dtype=dtype)
   if name == "convert_element_type":
-    src = eqn.invars[0].aval.dtype
-    to = eqn.params["new_dtype"]
-    if src == to or (src == jnp.bool_ and to == jnp.float32):
+    src = jnp.dtype(eqn.invars[0].aval.dtype)
+    if src == dtype or (src in (jnp.bool_, *_STORAGE) and dtype == jnp.float32) or (
+        src == jnp.bool_ and dtype in _STORAGE):  # exact: a widening, or 0 and 1
       return ins[0]
+    if src in _STORAGE and dtype in _STORAGE:  # a narrowing: one rounding
+      return b.emit(_UNARY["copy"], b.reg(ins[0]), dtype=dtype)
   if name == "broadcast_in_dim" and isinstance(ins[0], _Elem):
     return ins[0]
   if name == "select_n" and len(ins) == 3:
@@ -243,10 +291,10 @@ def _instruction(b: _Builder, eqn: Any, ins: list[Any]) -> Any:
   raise _Unsupported(f"{name} on a per-element value")
 
 
-def _probe_states(parts: list[Any], real: list[Any]) -> list[Any]:
-  """The tail's states for a one-leaf probe, with the real states' shared counters."""
+def _probe_states(parts: list[Any], real: list[Any], dtype: Any) -> list[Any]:
+  """The tail's states for a one-leaf probe of `dtype`, with the real states' shared counters."""
   from gradxform._base import _shares
-  probe = jax.ShapeDtypeStruct(_PROBE, jnp.float32)
+  probe = jax.ShapeDtypeStruct(_PROBE, dtype)
   out = []
   for tx, r in zip(parts, real):
     s = jax.eval_shape(tx.init, probe)
@@ -256,52 +304,91 @@ def _probe_states(parts: list[Any], real: list[Any]) -> list[Any]:
   return out
 
 
+class _Group(NamedTuple):
+  """Leaves of one dtype signature: the same program runs over all of them."""
+  positions: list[int]        # of its leaves among the parameters' leaves
+  dtypes: tuple[Any, ...]     # of the parameter, the incoming update and the raw gradient
+
+
 def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
           extra: dict[str, Any], grad: Any, count: Any) -> tuple[Any, list[Any]] | None:
   """New params and the tail's new states, or None where the kernel cannot run exactly.
 
   `chain` is the `_Chain` whose parts from `start` on form the tail; `updates` enter the tail,
   `states` are the tail's parts' states, `grad` the raw gradient an earlier part fixed (or None)
-  and `count` the chain's shared step counter.
+  and `count` the chain's shared step counter. Leaves of different dtypes (float32, bfloat16,
+  float16, for the parameter, the update, the raw gradient and each slot) get a program each.
   """
   from gradxform._fused import build
   if (set(extra) - {CHECKED_KEY} or not extra.get(CHECKED_KEY) or jax.config.jax_enable_x64
       or jax.default_backend() != "cpu" or params is None):
     return None
   leaves, tree = jax.tree.flatten(params)
-  if not leaves or not all(_f32(x) for x in leaves) or build.library() is None:
+  g_leaves = jax.tree.leaves(updates)
+  raw = None if grad is None else jax.tree.leaves(grad)
+  columns = [leaves, g_leaves] + ([] if raw is None else [raw])
+  if not leaves or any(len(c) != len(leaves) or not all(_stored(x) for x in c)
+                       for c in columns) or build.library() is None:
     return None
+  groups: dict[tuple[Any, ...], _Group] = {}
+  for i in range(len(leaves)):
+    key = tuple(c[i].dtype for c in columns)
+    groups.setdefault(key, _Group([], key)).positions.append(i)
   parts = chain.parts[start:]
+  plans = []
+  for group in groups.values():  # every program first: no kernel call unless all can run
+    plan = _plan(chain, start, parts, group, columns, tree, states, count)
+    if plan is None:
+      return None
+    plans.append(plan)
+  new_leaves: list[list[Any]] = []
+  for group, (run, _, _) in zip(groups.values(), plans):
+    outs = run()
+    new_leaves = new_leaves or [[None] * len(leaves) for _ in outs]
+    for column, values in zip(new_leaves, outs):
+      for i, v in zip(group.positions, values):
+        column[i] = v
+  _, new_scalars, (pair_tree, kinds) = plans[0]  # every group computes the same scalars
+  it_slot, it_scalar = iter(new_leaves[1:]), iter(new_scalars)
+  vals = [tree.unflatten(next(it_slot)) if k == "slot" else next(it_scalar) for k in kinds]
+  return tree.unflatten(new_leaves[0]), list(jax.tree.unflatten(pair_tree, vals))
+
+
+def _plan(chain: Any, start: int, parts: list[Any], group: _Group, columns: list[list[Any]],
+          tree: Any, states: list[Any], count: Any) -> tuple[Any, ...] | None:
+  """Traces the tail for `group`'s dtypes and builds its program, or None where it cannot run.
+
+  Returns a function running the program over the group's leaves (giving their new leaves:
+  the parameter, then each slot), the new scalar state, and the state's layout."""
+  from gradxform._fused import build
+  leaves = columns[0]
   try:
-    probes = _probe_states(parts, states)
-    # Per probe leaf: a slot (the real subtree holds one f32 array per parameter) or a scalar
+    probes = _probe_states(parts, states, group.dtypes[0])
+    # Per probe leaf: a slot (the real subtree holds one array per parameter) or a scalar
     # (the real leaf is the same array in every element's step).
     pairs = [jax.tree.map(lambda a, r: (a, r), pr, st) for pr, st in zip(probes, states)]
   except Exception:  # noqa: BLE001 - the state is not laid out per parameter
     return None
   flat, pair_tree = jax.tree.flatten(pairs, is_leaf=lambda x: isinstance(x, tuple) and len(
       x) == 2 and isinstance(x[0], jax.ShapeDtypeStruct))
-  slots, scalars, kinds = [], [], []
+  slots, slot_avals, scalars, kinds = [], [], [], []
   for aval, real in flat:
     if tuple(aval.shape) == _PROBE:
       real_leaves, real_tree = jax.tree.flatten(real)
-      if real_tree != tree or aval.dtype != jnp.float32 or not all(
-          _f32(x) and x.shape == p.shape for x, p in zip(real_leaves, leaves)):
+      if real_tree != tree or aval.dtype not in _STORAGE or not all(
+          _stored(real_leaves[i]) and real_leaves[i].dtype == aval.dtype
+          and real_leaves[i].shape == leaves[i].shape for i in group.positions):
         return None
       kinds.append("slot")
-      slots.append(real_leaves)
+      slots.append([real_leaves[i] for i in group.positions])
+      slot_avals.append(aval)
     else:
       if not hasattr(real, "shape") or tuple(jnp.shape(real)) != tuple(aval.shape):
         return None
       kinds.append("scalar")
       scalars.append(real)
-  g_leaves = jax.tree.leaves(updates)
-  raw = None if grad is None else jax.tree.leaves(grad)
-  if len(g_leaves) != len(leaves) or not all(_f32(x) for x in g_leaves) or (
-      raw is not None and (len(raw) != len(leaves) or not all(_f32(x) for x in raw))):
-    return None
-  n_in = 2 + (raw is not None) + len(slots)
-  e = jax.ShapeDtypeStruct(_PROBE, jnp.float32)
+  p_dtype, u_dtype, *raw_dtype = group.dtypes
+  n_in = 2 + len(raw_dtype) + len(slots)
 
   def step(u, p, g, slot_vals, scalar_vals, c):
     it_slot, it_scalar = iter(slot_vals), iter(scalar_vals)
@@ -314,19 +401,22 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   def spec(x: Any) -> Any:
     return None if x is None else jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
+  def probe(dtype: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(_PROBE, dtype)
+
   try:
-    closed = jax.make_jaxpr(step)(e, e, None if raw is None else e, [e] * len(slots),
+    closed = jax.make_jaxpr(step)(probe(u_dtype), probe(p_dtype),
+                                  probe(raw_dtype[0]) if raw_dtype else None, slot_avals,
                                   [spec(s) for s in scalars], spec(count))
   except Exception:  # noqa: BLE001 - a part does not trace on the probe
     return None
-  b = _Builder(n_in)
+  in_dtypes = [u_dtype, p_dtype, *raw_dtype] + [a.dtype for a in slot_avals]
+  b = _Builder(in_dtypes)
   args: list[Any] = [_Elem(i) for i in range(n_in)]
   args += list(scalars) + ([] if count is None else [count])
   try:
     outs = _walk(b, closed.jaxpr, list(closed.consts), args)
-    new_p = outs[0]
-    out_regs = [b.reg(new_p)]
-    new_scalars = []
+    out_regs, new_scalars = [b.reg(outs[0])], []
     for kind, v in zip(kinds, outs[1:], strict=True):
       if kind == "slot":
         out_regs.append(b.reg(v))
@@ -342,11 +432,13 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   name = build.program(source)
   if name is None:
     return None
-  new_leaves = _call(name, scalar_operand, leaves, g_leaves, raw, slots)
-  new_params = tree.unflatten(new_leaves[0])
-  it_slot, it_scalar = iter(new_leaves[1:]), iter(new_scalars)
-  vals = [tree.unflatten(next(it_slot)) if k == "slot" else next(it_scalar) for k in kinds]
-  return new_params, list(jax.tree.unflatten(pair_tree, vals))
+  at = group.positions
+
+  def run() -> list[list[jax.Array]]:
+    return _call(name, scalar_operand, [leaves[i] for i in at], [columns[1][i] for i in at],
+                 [columns[2][i] for i in at] if raw_dtype else None, slots)
+
+  return run, new_scalars, (pair_tree, kinds)
 
 
 def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Array],
@@ -359,12 +451,12 @@ def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Ar
   for lo in range(0, len(per_leaf), _LEAVES_PER_CALL):
     chunk = per_leaf[lo:lo + _LEAVES_PER_CALL]
     operands = [scalars] + [x for leaf in chunk for x in leaf]
-    results = [jax.ShapeDtypeStruct(leaf[1].shape, jnp.float32) for leaf in chunk
-               for _ in range(r)]
-    # The parameter (input 1 of a leaf) is result 0, slot j (input k - r + 1 + j) result 1 + j.
-    aliases = {1 + k * i + 1: r * i for i in range(len(chunk))}
-    aliases.update({1 + k * i + k - r + 1 + j: r * i + 1 + j
-                    for i in range(len(chunk)) for j in range(r - 1)})
+    # Per leaf: the parameter (input 1) is result 0, slot j (input k - r + 1 + j) result 1 + j.
+    written = [1] + [k - r + 1 + j for j in range(r - 1)]
+    results = [jax.ShapeDtypeStruct(leaf[i].shape, leaf[i].dtype) for leaf in chunk
+               for i in written]
+    aliases = {1 + k * n + i: r * n + j for n in range(len(chunk))
+               for j, i in enumerate(written)}
     call = jax.ffi.ffi_call("gx_elementwise", results, input_output_aliases=aliases,
                             vmap_method="sequential")
     got = call(*operands, program=name, k=np.int64(k))
@@ -373,5 +465,6 @@ def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Ar
   return outs
 
 
-def _f32(x: Any) -> bool:
-  return isinstance(x, jax.Array) and x.dtype == jnp.float32
+def _stored(x: Any) -> bool:
+  """Whether `x` is an array of a dtype the kernel loads and stores."""
+  return isinstance(x, jax.Array) and x.dtype in _STORAGE

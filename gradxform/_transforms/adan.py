@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, next_count, step_count, transform,
+                             trees_checked)
 
 
 class AdanState(NamedTuple):
@@ -100,4 +101,4 @@ def scale_by_adan(b1: float = 0.98, b2: float = 0.92, b3: float = 0.99, eps: flo
                                                state.nu, state.prev)
     return out, AdanState(count=next_count(state, count), mu=mu, delta=delta, nu=nu, prev=prev)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

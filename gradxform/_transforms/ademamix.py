@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, ScalarOrSchedule, next_count, step_count,
-                             transform, trees_checked)
+from gradxform._base import (GradientTransformation, ScalarOrSchedule, elementwise, next_count,
+                             step_count, transform, trees_checked)
 
 
 def _is_zero(x: Any) -> bool:
@@ -106,7 +106,7 @@ def scale_by_ademamix(b1: float = 0.9, b2: float = 0.999, b3: ScalarOrSchedule =
                                            state.nu)
     return out, AdemamixState(count=next_count(state, count), mu=mu, mu_slow=mu_slow, nu=nu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))
 
 
 class SimplifiedAdemamixState(NamedTuple):
@@ -188,4 +188,4 @@ def scale_by_simplified_ademamix(b1: float = 0.99, b2: float = 0.95,
     out, mu, nu = _tree.map_unzip(leaf, 3, updates, state.mu, state.nu)
     return out, SimplifiedAdemamixState(count=next_count(state, count), mu=mu, nu=nu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, next_count, step_count, transform,
+                             trees_checked)
 
 
 class AdoptState(NamedTuple):
@@ -103,4 +104,4 @@ def scale_by_adopt(b1: float = 0.9, b2: float = 0.9999, eps: float = 1e-6, *,
     out, mu, nu = _tree.map_unzip(leaf, 3, updates, state.mu, state.nu)
     return out, AdoptState(count=next_count(state, count), mu=mu, nu=nu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

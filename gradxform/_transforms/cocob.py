@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, require_params, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, require_params, transform,
+                             trees_checked)
 
 
 class COCOBState(NamedTuple):
@@ -56,11 +57,13 @@ def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8, *,
   state_dtype = _check.state_dtype(where, state_dtype, int8=False)
 
   def init(params):
-    zeros = _numerics.state_zeros(params, state_dtype)
-    return COCOBState(init_particles=jax.tree.map(jnp.asarray, params),
-                      cumulative_gradients=zeros,
-                      scale=jax.tree.map(lambda z: jnp.full_like(z, eps), zeros),
-                      subgradients=zeros, reward=zeros)
+    def zeros():  # each tree its own buffers, so that the state may be donated to a jitted step
+      return _numerics.state_zeros(params, state_dtype)
+
+    return COCOBState(init_particles=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+                      cumulative_gradients=zeros(),
+                      scale=jax.tree.map(lambda z: jnp.full_like(z, eps), zeros()),
+                      subgradients=zeros(), reward=zeros())
 
   def leaf(g, p, p0, c, big_l, big_g, r):
     cd = _numerics.compute_dtype(g, p, p0, c, big_l, big_g, r)
@@ -88,4 +91,4 @@ def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8, *,
         scale=like(big_l, state.scale), subgradients=like(big_g, state.subgradients),
         reward=like(r, state.reward))
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

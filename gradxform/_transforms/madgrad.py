@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, ScalarOrSchedule, next_count,
+from gradxform._base import (GradientTransformation, ScalarOrSchedule, elementwise, next_count,
                              require_params, step_count, transform, trees_checked)
 
 
@@ -63,7 +63,8 @@ def scale_by_madgrad(learning_rate: ScalarOrSchedule, momentum: float = 0.9, eps
     return MadgradState(count=_numerics.zero_count(),
                         grad_sum_sq=_numerics.state_zeros(params, state_dtype),
                         grad_sum=_numerics.state_zeros(params, state_dtype),
-                        x0=jax.tree.map(jnp.asarray, params))
+                        # a copy: x0 and the params are distinct buffers (both may be donated)
+                        x0=jax.tree.map(lambda p: jnp.array(p, copy=True), params))
 
   def update(updates, state, params=None, **extra):
     params = require_params(where, params)
@@ -91,4 +92,4 @@ def scale_by_madgrad(learning_rate: ScalarOrSchedule, momentum: float = 0.9, eps
     return out, MadgradState(count=next_count(state, count), grad_sum_sq=nu, grad_sum=s,
                              x0=state.x0)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

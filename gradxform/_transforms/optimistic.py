@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, next_count, step_count, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, next_count, step_count, transform,
+                             trees_checked)
 
 
 class OptimisticGradientState(NamedTuple):
@@ -75,4 +76,4 @@ def scale_by_optimistic_gradient(alpha: float = 1.0, beta: float = 1.0, *,
     out, prev = _tree.map_unzip(leaf, 2, updates, state.prev)
     return out, OptimisticGradientState(count=next_count(state, count), prev=prev)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (GradientTransformation, next_count, raw_gradient, step_count,
-                             transform, trees_checked)
+from gradxform._base import (GradientTransformation, elementwise, next_count, raw_gradient,
+                             step_count, transform, trees_checked)
 
 
 class RectificationState(NamedTuple):
@@ -113,4 +113,4 @@ def scale_by_rectification(decay: float = 0.999, eps: float = 1e-8, *,
     out, nu = _tree.map_unzip(leaf, 2, updates, grad, state.nu)
     return out, RectificationState(count=next_count(state, count), nu=nu)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

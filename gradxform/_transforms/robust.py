@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import (EmptyState, GradientTransformation, require_params, transform,
-                             trees_checked)
+from gradxform._base import (EmptyState, GradientTransformation, elementwise, require_params,
+                             transform, trees_checked)
 from gradxform._transforms.clip import global_norm
 from gradxform._transforms.stateless import stateless
 
@@ -162,4 +162,4 @@ def keep_params_nonnegative() -> GradientTransformation:
                        updates, params)
     return out, state
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

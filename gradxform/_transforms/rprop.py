@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, transform, trees_checked
+from gradxform._base import GradientTransformation, elementwise, transform, trees_checked
 
 
 class RpropState(NamedTuple):
@@ -117,4 +117,4 @@ def scale_by_rprop(learning_rate: float, eta_minus: float = 0.5, eta_plus: float
     out, steps, prev = _tree.map_unzip(leaf, 3, updates, state.step_sizes, state.prev_updates)
     return out, RpropState(step_sizes=steps, prev_updates=prev)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
-from gradxform._base import GradientTransformation, require_params, transform, trees_checked
+from gradxform._base import (GradientTransformation, elementwise, require_params, transform,
+                             trees_checked)
 from gradxform._wrappers.state_access import tree_get
 
 
@@ -26,7 +28,8 @@ def _averaging(where: str, rate: Any, state_dtype: Any) -> GradientTransformatio
   """`rate(count) -> weight of the new parameters`; `avg ← avg + w (θ_new − avg)`."""
 
   def init(params):
-    avg = jax.tree.map(lambda p: p.astype(state_dtype or p.dtype), params)
+    # a copy: the average and the params are distinct buffers (both may be donated)
+    avg = jax.tree.map(lambda p: jnp.array(p, dtype=state_dtype or p.dtype, copy=True), params)
     return ParamAverageState(num_averaged=_numerics.zero_count(), averaged=avg)
 
   def update(updates, state, params=None, **extra):
@@ -46,7 +49,7 @@ def _averaging(where: str, rate: Any, state_dtype: Any) -> GradientTransformatio
     return updates, ParamAverageState(num_averaged=_numerics.safe_increment(state.num_averaged),
                                         averaged=avg)
 
-  return GradientTransformation(init, update)
+  return elementwise(GradientTransformation(init, update))
 
 
 @transform(hyperparams=("decay",))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (GradientTransformation, _as_transform, apply_updates,
-                             require_params, transform)
+                             all_elementwise, elementwise, require_params, transform)
 from gradxform._wrappers.masked import inner_extra
 from gradxform._wrappers.state_access import params_from_state
 
@@ -82,7 +82,8 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
 
   def init(params):
     return LookaheadState(fast_state=fast.init(params),
-                          slow=jax.tree.map(jnp.asarray, params),
+                          # a copy: φ and the params are distinct buffers (both may be donated)
+                          slow=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
                           steps_since_sync=_numerics.zero_count())
 
   def update(updates, state, params=None, **extra):
@@ -109,7 +110,8 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
     steps = jnp.where(sync, 0, state.steps_since_sync + 1).astype(jnp.int32)
     return out, LookaheadState(fast_state=fast_state, slow=slow, steps_since_sync=steps)
 
-  return GradientTransformation(init, update)
+  tx = GradientTransformation(init, update)
+  return elementwise(tx) if all_elementwise(fast) and not reset_state else tx
 
 
 def lookahead_params(state: Any, params: Any) -> Any:

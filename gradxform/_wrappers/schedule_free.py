@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (GradientTransformation, ScalarOrSchedule, _as_transform,
-                             require_params, transform)
+                             all_elementwise, elementwise, require_params, transform)
 from gradxform._wrappers.masked import inner_extra
 from gradxform._wrappers.state_access import params_from_state
 
@@ -138,7 +138,8 @@ def schedule_free(base_optimizer: GradientTransformation, learning_rate: ScalarO
                                   step_count=_numerics.safe_increment(state.step_count),
                                   max_lr=max_lr, base_optimizer_state=base_state, z=z)
 
-  return GradientTransformation(init, update)
+  tx = GradientTransformation(init, update)
+  return elementwise(tx) if all_elementwise(base) else tx
 
 
 def schedule_free_eval_params(state: Any, params: Any) -> Any:
