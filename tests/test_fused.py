@@ -130,6 +130,9 @@ FUSABLE = {
     "rprop": lambda: gx.rprop(1e-2),
     "rprop_torch": lambda: gx.rprop(1e-2, always_clip=True),
     "rprop_optax_028": lambda: gx.rprop(1e-2, stale_output=True),
+    "lamb_rate_after_the_trust_ratio": lambda: gx.lamb(1e-2, weight_decay=0.01),
+    "inject_hyperparams_adamw": lambda: gx.inject_hyperparams(gx.adamw)(
+        learning_rate=gx.cosine_decay_schedule(1e-2, 10), b1=0.8, weight_decay=0.1),
 }
 
 
@@ -242,6 +245,30 @@ def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
   assert_within_ulps((got_p, got_s), (want_p, want_s), 4 if name in WITH_HEAD else 1)
 
 
+def test_injected_hyperparameters_change_without_recompiling_the_fused_step():
+  """Hyperparameters in the state are scalars of the fused program: new values, same
+  executable, and each step equals the eager chain with the values of that step."""
+  make = gx.inject_hyperparams(gx.adamw)
+  tx = make(learning_rate=1e-2, b1=0.9, weight_decay=0.1)
+  params = {"w": tree()["w"], "b": tree()["b"]}
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(p, s, g):
+    return gx.update_and_apply(tx, g, s, p)
+
+  assert (TARGET in step.lower(params, tx.init(params), params).as_text()) == KERNELS_ON
+  got_p, got_s = params, tx.init(params)
+  want_p, want_s = params, tx.init(params)
+  for t, (lr, b1) in enumerate([(1e-2, 0.9), (3e-2, 0.5), (1e-3, 0.99)]):
+    got_s = got_s.with_hyperparams(learning_rate=lr, b1=b1)
+    want_s = want_s.with_hyperparams(learning_rate=lr, b1=b1)
+    got_p, got_s = step(got_p, got_s, grads_at(t, params))
+    updates, want_s = tx.update(grads_at(t, params), want_s, want_p)
+    want_p = gx.apply_updates(want_p, updates)
+  chex.assert_trees_all_close((got_p, got_s), (want_p, want_s), rtol=1e-6, atol=1e-7)
+
+
 def _sum_claiming_elementwise():
   """A part that declares itself elementwise but reduces each leaf: the trace must show it."""
   return gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(lambda x: x - jnp.mean(x), u)))
@@ -301,8 +328,8 @@ FALLBACK = {
     "a_primitive_without_an_instruction": (lambda: gx.chain(
         gx.scale_by_momentum(0.9), _erf_claiming_elementwise(), gx.scale(-0.1)), jnp.float32),
     "int8_state": (lambda: gx.adam(1e-2, state_dtype="int8"), jnp.float32),
-    "inject_hyperparams": (lambda: gx.inject_hyperparams(gx.adam)(learning_rate=1e-2),
-                           jnp.float32),
+    "a_reduction_after_the_elementwise_parts": (lambda: gx.chain(
+        gx.adam(1e-2), gx.clip_by_global_norm(1.0)), jnp.float32),
     "a_reduction_declared_elementwise": (lambda: gx.chain(
         gx.scale_by_momentum(0.9), _sum_claiming_elementwise(), gx.scale(-0.1)), jnp.float32),
 }

@@ -33,6 +33,8 @@ from gradxform._base import (
   GradientTransformation,
   _accepts_extra,
   _as_transform,
+  all_elementwise,
+  elementwise,
   next_count,
   step_count,
   transform,
@@ -373,4 +375,7 @@ def _injected(factory: Callable[..., Any], arguments: tuple[tuple[str, Any], ...
     return updates, InjectHyperparamsState(count=next_count(state, count),
                                            hyperparams=hyperparams, inner_state=inner_state)
 
-  return GradientTransformation(init, update)
+  tx = GradientTransformation(init, update)
+  # Scalars in the state around an elementwise optimizer: elementwise too (fused by
+  # `update_and_apply`), whatever values the hyperparameters take.
+  return elementwise(tx) if all_elementwise(_call(factory, signature, given)) else tx
