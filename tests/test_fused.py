@@ -269,6 +269,33 @@ def test_injected_hyperparameters_change_without_recompiling_the_fused_step():
   chex.assert_trees_all_close((got_p, got_s), (want_p, want_s), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_special_values_round_as_the_eager_chain_rounds(dtype):
+  """NaN, ±inf, subnormals, values that overflow the dtype and ties of the 16-bit rounding go
+  through the fused loop as through the eager chain."""
+  info = jnp.finfo(dtype)
+  tiny, big = float(info.smallest_subnormal), float(info.max)
+  values = [np.nan, np.inf, -np.inf, 0.0, -0.0, tiny, -3 * tiny, big, -big, 1.0, 1.0 + float(
+      info.eps) / 2, 1.0 + 1.5 * float(info.eps), 1e-3, -2.5]
+  params = {"w": jnp.asarray(values, dtype)}
+  grads = {"w": jnp.asarray(values[::-1], dtype)}
+  tx = gx.sgd(0.5, momentum=0.9)
+  want_p, want_s = params, tx.init(params)
+  for _ in range(2):
+    updates, want_s = tx.update(grads, want_s, want_p)
+    want_p = gx.apply_updates(want_p, updates)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+  assert (TARGET in step.lower(params, tx.init(params), grads).as_text()) == KERNELS_ON
+  got_p, got_s = params, tx.init(params)
+  for _ in range(2):
+    got_p, got_s = step(got_p, got_s, grads)
+  # Bit for bit: NaN where NaN, the same infinities and signed zeros.
+  for got, want in zip(jax.tree.leaves((got_p, got_s)), jax.tree.leaves((want_p, want_s))):
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    np.testing.assert_array_equal(np.signbit(np.asarray(got, np.float32)),
+                                  np.signbit(np.asarray(want, np.float32)))
+
+
 def _sum_claiming_elementwise():
   """A part that declares itself elementwise but reduces each leaf: the trace must show it."""
   return gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(lambda x: x - jnp.mean(x), u)))
