@@ -418,6 +418,19 @@ def test_params_and_state_are_updated_in_place_when_donated():
     assert not [ln for ln in hlo.splitlines() if " copy(" in ln and "f32[256" in ln]
 
 
+def test_the_fused_step_is_dispatched_asynchronously():
+  """XLA:CPU runs a program it estimates at under 1,000 flops inline, in the caller's thread
+  (PjRt's `cheap_computation_`); the kernel's work is invisible to that estimate, so the
+  program carries enough flops of its own that the step is dispatched like any other."""
+  tx = gx.sgd(1e-2, momentum=0.9)
+  params = {"w": jnp.ones((256, 256)), "b": jnp.ones((256,))}
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+  compiled = step.lower(params, tx.init(params), params).compile()
+  if KERNELS_ON:
+    assert TARGET in compiled.as_text()
+    assert compiled.cost_analysis()["flops"] >= 1000
+
+
 def test_vmap_over_a_batch_of_problems():
   tx = gx.adam(1e-2)
   batch = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(3, 5, 4)), jnp.float32)}
