@@ -30,6 +30,15 @@ COMPILER = shutil.which(os.environ.get("CXX", "c++"))
 KERNELS_ON = COMPILER is not None and os.environ.get("GRADXFORM_KERNELS", "1") != "0"
 
 
+def _float16_compiles() -> bool:
+  """Whether this machine's compiler has `_Float16` (GCC 12, Clang 15 on x86-64 do): without
+  it, a step with float16 leaves is the two calls, by design."""
+  return KERNELS_ON and build.program(
+      '#include <stdint.h>\nextern "C" void gx_run(const float* s, void* const* b, int64_t lo, '
+      'int64_t hi) { static_cast<_Float16*>(b[0])[lo] = static_cast<_Float16>(s[0]); }\n'
+  ) is not None
+
+
 def tree(dtype=jnp.float32, seed: int = 0) -> dict:
   """Mixed shapes: a matrix, a vector, a scalar, a 3-D leaf, an empty leaf and a None."""
   rng = np.random.default_rng(seed)
@@ -224,8 +233,8 @@ def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
   tx = {**FUSABLE, **SIXTEEN_BIT_STATE}[name]()
   params = mixed_tree()
   text = program(tx, params)
-  if KERNELS_ON:
-    assert text.count(TARGET) == 3, "one call per dtype signature"
+  # One call per dtype signature; without float16 in the compiler, none (all or nothing).
+  assert text.count(TARGET) == (3 if _float16_compiles() else 0)
   steps = 6
   if name in WITH_HEAD:
     def two_calls(p, s, g):
@@ -285,7 +294,8 @@ def test_special_values_round_as_the_eager_chain_rounds(dtype):
     updates, want_s = tx.update(grads, want_s, want_p)
     want_p = gx.apply_updates(want_p, updates)
   step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
-  assert (TARGET in step.lower(params, tx.init(params), grads).as_text()) == KERNELS_ON
+  fuses = _float16_compiles() if dtype == jnp.float16 else KERNELS_ON
+  assert (TARGET in step.lower(params, tx.init(params), grads).as_text()) == fuses
   got_p, got_s = params, tx.init(params)
   for _ in range(2):
     got_p, got_s = step(got_p, got_s, grads)
