@@ -66,6 +66,18 @@ def reference(tx, params, steps: int):
   return params, state
 
 
+def jitted_two_calls(tx, params, steps: int):
+  """`update` then `apply_updates` under one `jax.jit`, with the gradients of `reference`."""
+  def two_calls(p, s, g):
+    updates, s = tx.update(g, s, p)
+    return gx.apply_updates(p, updates), s
+
+  step, state, first = jax.jit(two_calls), tx.init(params), params
+  for t in range(steps):
+    params, state = step(params, state, grads_at(t, first))
+  return params, state
+
+
 def fused(tx, params, steps: int, jit: bool = True):
   step = lambda p, s, g: gx.update_and_apply(tx, g, s, p)
   if jit:
@@ -159,8 +171,11 @@ def test_the_kernel_is_built_where_a_compiler_is():
 def test_fused_step_equals_the_per_leaf_chain(name):
   tx, params = FUSABLE[name](), tree()
   assert (TARGET in program(tx, params)) == KERNELS_ON
-  want_p, want_s = reference(tx, params, 6)
   got_p, got_s = fused(tx, params, 6)
+  if not KERNELS_ON:  # no compiler here: the step is exactly the jitted two calls
+    chex.assert_trees_all_equal((got_p, got_s), jitted_two_calls(tx, params, 6))
+    return
+  want_p, want_s = reference(tx, params, 6)
   assert jax.tree.structure(got_s) == jax.tree.structure(want_s)
   chex.assert_trees_all_close(got_p, want_p, rtol=1e-6, atol=1e-7)
   chex.assert_trees_all_close(got_s, want_s, rtol=1e-6, atol=1e-7)
@@ -233,25 +248,20 @@ def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
   tx = {**FUSABLE, **SIXTEEN_BIT_STATE}[name]()
   params = mixed_tree()
   text = program(tx, params)
-  # One call per dtype signature; without float16 in the compiler, none (all or nothing).
-  assert text.count(TARGET) == (3 if _float16_compiles() else 0)
-  steps = 6
-  if name in WITH_HEAD:
-    def two_calls(p, s, g):
-      updates, s = tx.update(g, s, p)
-      return gx.apply_updates(p, updates), s
-
-    # Two steps only: the jitted reference's own loops round about an ulp differently at
-    # each step, and the difference would grow with the steps.
-    steps = 2
-    step = jax.jit(two_calls)
-    want_p, want_s = params, tx.init(params)
-    for t in range(steps):
-      want_p, want_s = step(want_p, want_s, grads_at(t, params))
+  # One call per dtype signature; without float16 in the compiler, none (all or nothing),
+  # and the step is exactly the jitted two calls.
+  fuses = _float16_compiles()
+  assert text.count(TARGET) == (3 if fuses else 0)
+  # Two steps only against the jitted two calls: their own loops round about an ulp
+  # differently at each step, and the difference would grow with the steps.
+  steps = 2 if name in WITH_HEAD else 6
+  if name in WITH_HEAD or not fuses:
+    want_p, want_s = jitted_two_calls(tx, params, steps)
   else:
     want_p, want_s = reference(tx, params, steps)
   got_p, got_s = fused(tx, params, steps)
-  assert_within_ulps((got_p, got_s), (want_p, want_s), 4 if name in WITH_HEAD else 1)
+  assert_within_ulps((got_p, got_s), (want_p, want_s),
+                     0 if not fuses else 4 if name in WITH_HEAD else 1)
 
 
 def test_injected_hyperparameters_change_without_recompiling_the_fused_step():
@@ -289,13 +299,18 @@ def test_special_values_round_as_the_eager_chain_rounds(dtype):
   params = {"w": jnp.asarray(values, dtype)}
   grads = {"w": jnp.asarray(values[::-1], dtype)}
   tx = gx.sgd(0.5, momentum=0.9)
-  want_p, want_s = params, tx.init(params)
-  for _ in range(2):
-    updates, want_s = tx.update(grads, want_s, want_p)
-    want_p = gx.apply_updates(want_p, updates)
   step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
   fuses = _float16_compiles() if dtype == jnp.float16 else KERNELS_ON
   assert (TARGET in step.lower(params, tx.init(params), grads).as_text()) == fuses
+  want_p, want_s = params, tx.init(params)
+  two_calls = jax.jit(lambda p, s, g: (lambda u, s: (gx.apply_updates(p, u), s))(
+      *tx.update(g, s, p)))
+  for _ in range(2):  # without the kernel, the step is the jitted two calls
+    if fuses:
+      updates, want_s = tx.update(grads, want_s, want_p)
+      want_p = gx.apply_updates(want_p, updates)
+    else:
+      want_p, want_s = two_calls(want_p, want_s, grads)
   got_p, got_s = params, tx.init(params)
   for _ in range(2):
     got_p, got_s = step(got_p, got_s, grads)
@@ -408,12 +423,15 @@ class FusedVariants(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_variants_agree_with_the_reference(self):
     tx, params = gx.adamw(1e-2, weight_decay=0.1), tree()
-    want_p, want_s = reference(tx, params, 3)
     step = self.variant(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
     p, s = params, tx.init(params)
     for t in range(3):
       p, s = step(p, s, grads_at(t, params))
-    chex.assert_trees_all_close((p, s), (want_p, want_s), rtol=1e-6, atol=1e-9)
+    if not KERNELS_ON and "with_jit" in str(self.variant.type):
+      # no compiler here: the jitted step is exactly the jitted two calls
+      chex.assert_trees_all_equal((p, s), jitted_two_calls(tx, params, 3))
+    else:
+      chex.assert_trees_all_close((p, s), reference(tx, params, 3), rtol=1e-6, atol=1e-9)
 
 
 def test_params_and_state_are_updated_in_place_when_donated():
