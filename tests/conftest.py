@@ -8,8 +8,12 @@ import os
 
 ON_ACCELERATOR = os.environ.get("GRADXFORM_TEST_ACCELERATOR") == "1"
 if not ON_ACCELERATOR:
+  # The 8 fake devices share two cores with the other test worker's compiles: a collective's
+  # rendezvous (pmap's psum) can wait on a starved device thread, and XLA:CPU aborts the
+  # whole process when one waits 40 s (its default). Ten minutes, the suite's own budget.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8").strip()
+                             " --xla_force_host_platform_device_count=8"
+                             " --xla_cpu_collective_call_terminate_timeout_seconds=600").strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

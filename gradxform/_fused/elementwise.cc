@@ -19,6 +19,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -79,7 +80,12 @@ void Run(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64
   std::vector<std::thread> helpers;
   for (int64_t t = 1; t < parts; ++t) {
     const int64_t lo = t * chunk, hi = std::min(total, lo + chunk);
-    if (lo < hi) helpers.emplace_back([=, &leaves] { Span(loop, scalars, leaves, lo, hi); });
+    if (lo >= hi) continue;
+    try {
+      helpers.emplace_back([=, &leaves] { Span(loop, scalars, leaves, lo, hi); });
+    } catch (const std::system_error&) {  // no thread to be had: this one does that part too
+      Span(loop, scalars, leaves, lo, hi);
+    }
   }
   Span(loop, scalars, leaves, 0, std::min(total, chunk));
   for (std::thread& h : helpers) h.join();
