@@ -66,13 +66,18 @@ def reference(tx, params, steps: int):
   return params, state
 
 
-def jitted_two_calls(tx, params, steps: int):
-  """`update` then `apply_updates` under one `jax.jit`, with the gradients of `reference`."""
-  def two_calls(p, s, g):
+def two_calls(tx):
+  """The step as `update` then `apply_updates`, jitted: what `update_and_apply` falls back to."""
+  def step(p, s, g):
     updates, s = tx.update(g, s, p)
     return gx.apply_updates(p, updates), s
 
-  step, state, first = jax.jit(two_calls), tx.init(params), params
+  return jax.jit(step)
+
+
+def jitted_two_calls(tx, params, steps: int):
+  """`two_calls(tx)` for `steps` steps, with the gradients of `reference`."""
+  step, state, first = two_calls(tx), tx.init(params), params
   for t in range(steps):
     params, state = step(params, state, grads_at(t, first))
   return params, state
@@ -303,14 +308,13 @@ def test_special_values_round_as_the_eager_chain_rounds(dtype):
   fuses = _float16_compiles() if dtype == jnp.float16 else KERNELS_ON
   assert (TARGET in step.lower(params, tx.init(params), grads).as_text()) == fuses
   want_p, want_s = params, tx.init(params)
-  two_calls = jax.jit(lambda p, s, g: (lambda u, s: (gx.apply_updates(p, u), s))(
-      *tx.update(g, s, p)))
+  fallback = two_calls(tx)
   for _ in range(2):  # without the kernel, the step is the jitted two calls
     if fuses:
       updates, want_s = tx.update(grads, want_s, want_p)
       want_p = gx.apply_updates(want_p, updates)
     else:
-      want_p, want_s = two_calls(want_p, want_s, grads)
+      want_p, want_s = fallback(want_p, want_s, grads)
   got_p, got_s = params, tx.init(params)
   for _ in range(2):
     got_p, got_s = step(got_p, got_s, grads)
@@ -394,12 +398,7 @@ def test_elsewhere_the_step_is_update_then_apply(name):
   if name == "int8_state":
     params = {"big": jnp.asarray(np.random.default_rng(1).normal(size=(64, 80)), dtype)}
   assert TARGET not in program(tx, params)
-
-  def two_calls(p, s, g):
-    updates, s = tx.update(g, s, p)
-    return gx.apply_updates(p, updates), s
-
-  step = jax.jit(two_calls)
+  step = two_calls(tx)
   one_call = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
   want_p, want_s = params, tx.init(params)
   got_p, got_s = params, tx.init(params)

@@ -378,4 +378,4 @@ def _injected(factory: Callable[..., Any], arguments: tuple[tuple[str, Any], ...
   tx = GradientTransformation(init, update)
   # Scalars in the state around an elementwise optimizer: elementwise too (fused by
   # `update_and_apply`), whatever values the hyperparameters take.
-  return elementwise(tx) if all_elementwise(_call(factory, signature, given)) else tx
+  return elementwise(tx) if all_elementwise(inner({})) else tx
