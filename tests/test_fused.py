@@ -325,6 +325,29 @@ def test_special_values_round_as_the_eager_chain_rounds(dtype):
                                   np.signbit(np.asarray(want, np.float32)))
 
 
+def test_bfloat16_momentum_equals_numpy_rounding_each_result():
+  """Heavy-ball SGD on bfloat16 parameters against NumPy (ml_dtypes' bfloat16): the momentum
+  `b ← μb + g` in float32, stored in bfloat16; the step `−η·b` and `θ + u` in bfloat16 (JAX's
+  weak typing makes the Python float η a bfloat16), each result rounded once."""
+  import ml_dtypes
+  bf16, f32 = ml_dtypes.bfloat16, np.float32
+  lr, mu = 0.1, 0.9
+  first = np.random.default_rng(5).normal(size=(37, 29)).astype(bf16)
+  tx = gx.sgd(lr, momentum=mu)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+  got, state = {"w": jnp.asarray(first)}, tx.init({"w": jnp.asarray(first)})
+  assert (TARGET in step.lower(got, state, got).as_text()) == KERNELS_ON
+  p, b = first.copy(), np.zeros_like(first)
+  for t in range(5):
+    g = np.sin(first.astype(f32) * (t + 1) + 0.5).astype(bf16)
+    got, state = step(got, state, {"w": jnp.asarray(g)})
+    b = (f32(mu) * b.astype(f32) + g.astype(f32)).astype(bf16)
+    u = (f32(bf16(-lr)) * b.astype(f32)).astype(bf16)
+    p = (p.astype(f32) + u.astype(f32)).astype(bf16)
+  np.testing.assert_array_equal(np.asarray(got["w"]).astype(f32), p.astype(f32))
+  np.testing.assert_array_equal(np.asarray(state[0].trace["w"]).astype(f32), b.astype(f32))
+
+
 def _sum_claiming_elementwise():
   """A part that declares itself elementwise but reduces each leaf: the trace must show it."""
   return gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(lambda x: x - jnp.mean(x), u)))
