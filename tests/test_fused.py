@@ -481,6 +481,11 @@ def test_the_fused_step_is_dispatched_asynchronously():
     assert compiled.cost_analysis()["flops"] >= 1000
 
 
+def pick(tree, i: int):
+  """Problem `i` of a batched tree."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
 def test_vmap_over_a_batch_of_problems():
   tx = gx.adam(1e-2)
   batch = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(3, 5, 4)), jnp.float32)}
@@ -488,9 +493,6 @@ def test_vmap_over_a_batch_of_problems():
   state = jax.vmap(tx.init)(batch)
   got_p, got_s = jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(
       batch, state, grads)
-  def pick(t, i):
-    return jax.tree.map(lambda x: x[i], t)
-
   for i in range(3):
     one = pick(batch, i)
     updates, s = tx.update(pick(grads, i), tx.init(one), one)
@@ -499,8 +501,30 @@ def test_vmap_over_a_batch_of_problems():
     chex.assert_trees_all_close(pick(got_s, i), s, rtol=1e-6, atol=1e-9)
 
 
-def test_pmap_and_sharded_jit_agree_with_the_reference():
-  from jax.sharding import NamedSharding, PartitionSpec as P
+def test_vmap_with_shared_scalars_is_one_call_over_the_batch():
+  """Only the slots batched, the step count shared: the elementwise program runs once over
+  the (3, 5, 4) leaves instead of once per problem."""
+  tx = gx.adam(1e-2)
+  batch = {"w": jnp.asarray(np.random.default_rng(4).normal(size=(3, 5, 4)), jnp.float32)}
+  grads = jax.tree.map(jnp.cos, batch)
+  one = tx.init(jax.tree.map(lambda x: x[0], batch))
+  axes = jax.tree.map(lambda x: None if x.ndim == 0 else 0, one)
+  state = jax.tree.map(lambda x, a: x if a is None else jnp.stack([x] * 3), one, axes)
+  step = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p),
+                          in_axes=(0, axes, 0), out_axes=(0, axes)))
+  if KERNELS_ON:
+    calls = [ln for ln in step.lower(batch, state, grads).compile().as_text().splitlines()
+             if TARGET in ln]
+    assert len(calls) == 1 and "f32[3,5,4]" in calls[0]
+  got = step(batch, state, grads)
+  for i in range(3):
+    updates, s = tx.update(pick(grads, i), one, pick(batch, i))
+    chex.assert_trees_all_close(pick(got[0], i), gx.apply_updates(pick(batch, i), updates),
+                                rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_close(got[1][0].count, s[0].count)
+
+
+def test_pmap_agrees_with_the_reference():
   n = 8
   tx = gx.adamw(1e-2, weight_decay=0.1)
   params = {"w": jnp.asarray(np.random.default_rng(3).normal(size=(n, 16)), jnp.float32)}
@@ -508,14 +532,65 @@ def test_pmap_and_sharded_jit_agree_with_the_reference():
   per_device = jax.pmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
   got_p, _ = per_device(params, jax.vmap(tx.init)(params), grads)
   updates, _ = tx.update(grads, tx.init(params), params)
-  want = gx.apply_updates(params, updates)
-  chex.assert_trees_all_close(got_p, want, rtol=1e-6, atol=1e-9)
-  mesh = jax.make_mesh((n,), ("d",))
-  shard = NamedSharding(mesh, P("d"))
-  sharded = jax.device_put(params, shard)
-  got_p, got_s = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(
-      sharded, tx.init(sharded), jax.device_put(grads, shard))
-  chex.assert_trees_all_close(got_p, want, rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_close(got_p, gx.apply_updates(params, updates), rtol=1e-6, atol=1e-9)
+
+
+def _mesh(axis_type: str):
+  from jax.sharding import AxisType
+  return jax.make_mesh((4, 2), ("d", "m"), axis_types=(getattr(AxisType, axis_type),) * 2)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_sharded_jit_runs_the_kernel_on_each_devices_shards(axis_type):
+  """Leaves split over one or both mesh axes, replicated, indivisible, in bfloat16: no
+  collective in the program, the kernel's operands are the local shards, every result keeps
+  its input's sharding, and the numbers are the eager chain's."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = _mesh(axis_type)
+  rng = np.random.default_rng(5)
+  values = {"w": (rng.normal(size=(64, 6)), jnp.float32, P("d", "m")),
+            "b": (rng.normal(size=(16,)), jnp.float32, P("d")),
+            "s": (rng.normal(size=()), jnp.float32, P()),
+            "odd": (rng.normal(size=(3, 5)), jnp.float32, P()),
+            "h": (rng.normal(size=(8, 4)), jnp.bfloat16, P(None, "m"))}
+  params = {k: jax.device_put(jnp.asarray(v, d), NamedSharding(mesh, spec))
+            for k, (v, d, spec) in values.items()}
+  grads = grads_at(0, params)
+  tx = gx.chain(gx.clip_by_global_norm(1.0), gx.adamw(1e-2, weight_decay=0.1))
+  state = tx.init(params)
+  want = reference(tx, params, 1)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+  hlo = step.lower(params, state, grads).compile().as_text()
+  got = step(*jax.tree.map(jnp.copy, (params, state)), grads)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves((params, state))):
+    assert x.ndim == 0 or x.sharding.is_equivalent_to(y.sharding, x.ndim), (x.sharding, y.sharding)
+  if KERNELS_ON:
+    calls = [ln for ln in hlo.splitlines() if TARGET in ln]
+    assert calls and all(f in " ".join(calls) for f in ("f32[16,3]", "f32[4]", "bf16[8,2]"))
+    # clipping's global norm is the one reduction across devices; nothing is gathered
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
+
+
+def test_on_explicit_axes_a_leaf_takes_the_sharding_the_two_calls_give():
+  """Replicated parameters with split state (ZeRO-1's layout, without `zero1`): JAX's rule
+  for an elementwise operation splits the result; the fused step gives the same layout."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = _mesh("Explicit")
+  params = jax.device_put(tree(), NamedSharding(mesh, P()))
+  tx = gx.adam(1e-2)
+  state = tx.init(params)
+  state = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P(
+      *["d" if x.ndim and x.shape[0] % 4 == 0 else None][:x.ndim]))), state)
+  grads = grads_at(0, params)
+  with jax.set_mesh(mesh):
+    got = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(params, state, grads)
+    want = two_calls(tx)(params, state, grads)
+  assert jax.tree.map(lambda x: x.sharding.spec, got) == jax.tree.map(
+      lambda x: x.sharding.spec, want)
+  assert got[0]["deep"]["k"].sharding.spec == P(None, None, None)
+  assert got[1][0].trace["w"].sharding.spec != P()  # not gathered
+  chex.assert_trees_all_close(got, reference(tx, params, 1), rtol=1e-6, atol=1e-7)
 
 
 def test_a_foreign_state_gets_the_chains_error():
