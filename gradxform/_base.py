@@ -138,9 +138,7 @@ def elementwise(tx: GradientTransformation) -> GradientTransformation:
     pass over each parameter; here the pass is traced from the declared parts instead of
     written per optimizer (BUILD_NOTES: Performance design).
   """
-  if not (isinstance(tx, tuple) and callable(getattr(tx, "init", None))
-          and callable(getattr(tx, "update", None))):
-    raise TypeError(f"gx.elementwise expects a GradientTransformation, got {type(tx).__name__}")
+  tx = _as_transform(tx, "gx.elementwise")
   if meta(tx, "flat_chain"):
     raise ValueError("gx.elementwise declares one transform, not a chain: declare each of its "
                      "parts that is elementwise, then chain them")

@@ -391,7 +391,7 @@ def test_a_users_transform_declared_elementwise_is_fused():
 
 
 def test_declaring_elementwise_checks_its_argument():
-  with pytest.raises(TypeError, match="expects a GradientTransformation, got int"):
+  with pytest.raises(TypeError, match="gx.elementwise: expected a GradientTransformation, got int"):
     gx.elementwise(3)
   with pytest.raises(ValueError, match="declares one transform, not a chain"):
     gx.elementwise(gx.adam(1e-3))
