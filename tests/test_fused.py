@@ -524,6 +524,26 @@ def test_vmap_with_shared_scalars_is_one_call_over_the_batch():
   chex.assert_trees_all_close(got[1][0].count, s[0].count)
 
 
+@pytest.mark.parametrize("devices", [1, 8])
+def test_one_device_makes_the_plain_call(monkeypatch, devices):
+  """The suite runs on 8 fake devices, where every fused step goes through the sharding and
+  batching wrappers; a process with one device (most users) makes the plain calls: both
+  give the eager chain's numbers, in float32 and on a mixed-dtype tree."""
+  if devices == 1:
+    monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  tx = gx.adamw(1e-2, weight_decay=0.1)
+  for mixed, params in ((False, tree()), (True, mixed_tree())):
+    jaxpr = str(jax.make_jaxpr(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(
+        params, tx.init(params), params))
+    if KERNELS_ON and (not mixed or _float16_compiles()):
+      assert TARGET in jaxpr and ("custom_partitioning" in jaxpr) == (devices > 1)
+    got = fused(tx, params, 3)
+    if not KERNELS_ON or (mixed and not _float16_compiles()):  # the two calls, exactly
+      chex.assert_trees_all_equal(got, jitted_two_calls(tx, params, 3))
+    else:
+      assert_within_ulps(got, reference(tx, params, 3), 1)
+
+
 def test_pmap_agrees_with_the_reference():
   n = 8
   tx = gx.adamw(1e-2, weight_decay=0.1)
