@@ -3,10 +3,11 @@
 Usage: python mp_worker.py COORDINATOR_PORT PROCESS_ID NUM_PROCESSES OUT_FILE
 
 The parent sets JAX_PLATFORMS=cpu and XLA_FLAGS (local CPU devices per process). Every process
-builds the same global data from a seed; each holds the shards of its own devices. Two routes
+builds the same global data from a seed; each holds the shards of its own devices. Three routes
 are trained: (a) jax.jit on a mesh over all processes' devices with the batch sharded (XLA
 inserts the cross-process all-reduce), (b) shard_map with per-shard gradients averaged by
-gx.cross_replica_mean (an explicit cross-process pmean). Process 0 writes the parameters.
+gx.cross_replica_mean (an explicit cross-process pmean), (c) as (a) with the step as
+gx.update_and_apply (the fused kernel on each device). Process 0 writes the parameters.
 """
 
 from __future__ import annotations
@@ -90,13 +91,31 @@ def main() -> None:
                               global_array(ys[t], batched))
     sm_params = params
 
+    # (c) as (a), with the step as `gx.update_and_apply`: where a C++ compiler is, its fused
+    # kernel runs on each device inside the cross-process program.
+    @jax.jit
+    def fused_step(params, state, x, y):
+      return gx.update_and_apply(tx, jax.grad(loss)(params, x, y), state, params)
+
+    params = jax.tree.map(lambda v: global_array(v, replicated), params0)
+    state = jax.jit(tx.init)(params)
+    compiled = fused_step.lower(params, state, global_array(xs[0], batched),
+                                global_array(ys[0], batched)).compile()
+    fused_kernel = "gx_elementwise" in compiled.as_text()  # after partitioning
+    for t in range(STEPS):
+      params, state = fused_step(params, state, global_array(xs[t], batched),
+                                 global_array(ys[t], batched))
+    fused_params = params
+
   def local(tree):
     return {k: np.asarray(v.addressable_shards[0].data) for k, v in tree.items()}
 
   if jax.process_index() == 0:
     np.savez(out_file, **{f"jit_{k}": v for k, v in local(jit_params).items()},
              **{f"sm_{k}": v for k, v in local(sm_params).items()},
-             device_count=jax.device_count(), process_count=jax.process_count())
+             **{f"fused_{k}": v for k, v in local(fused_params).items()},
+             device_count=jax.device_count(), process_count=jax.process_count(),
+             fused_kernel=fused_kernel, kernel_status=gx.kernel_status())
   jax.distributed.shutdown()
 
 

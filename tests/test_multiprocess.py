@@ -110,8 +110,10 @@ def test_two_processes_match_float64_reference(tmp_path):
   got = np.load(out_file)
   assert int(got["process_count"]) == NUM_PROCESSES
   assert int(got["device_count"]) == NUM_PROCESSES * LOCAL_DEVICES
+  # the fused route ran its kernel wherever the kernel is built (not: no compiler, or off)
+  assert bool(got["fused_kernel"]) == (str(got["kernel_status"]) == "available")
   want = _numpy_reference()
-  for route in ("jit", "sm"):
+  for route in ("jit", "sm", "fused"):
     for k, v in want.items():
       np.testing.assert_allclose(got[f"{route}_{k}"], v, rtol=2e-5, atol=1e-6,
                                  err_msg=f"route {route}, leaf {k}")
