@@ -16,7 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradxform import _check
-from gradxform._base import GradientTransformation, transform
+from gradxform._base import GradientTransformation, transform, update_and_apply
+from gradxform._equality import Fn
 
 
 def _axis_size(mesh: Mesh, axis_name: str) -> int:
@@ -86,7 +87,9 @@ def zero1(inner: GradientTransformation, mesh: Mesh, *,
   data axis, scalars replicated). `update` slices the incoming updates and the parameters the
   same way (no communication when they are replicated), runs `inner.update` on the slices,
   and gathers the emitted updates back to the layout they came in (replicated on a plain
-  data-parallel mesh). For element-wise optimizers (Adam, SGD, RMSprop, ...) every element
+  data-parallel mesh). `gx.update_and_apply` does the same with the whole step: each device
+  steps its slice of the parameters (with `inner`'s fused CPU pass where it has one) and the
+  new parameters are gathered. For element-wise optimizers (Adam, SGD, RMSprop, ...) every element
   sees the same arithmetic as without sharding, so the numerics are identical.
 
   Use under `jax.jit` with a mesh from `jax.make_mesh` (and `jax.set_mesh(mesh)` when its axes
@@ -139,7 +142,11 @@ def zero1(inner: GradientTransformation, mesh: Mesh, *,
     out, state = inner.update(sliced, state, sliced_params, **extra)
     return jax.tree.map(gathered, out, updates), state
 
-  return GradientTransformation(init, update)
+  def step(grads, state, params):  # `update_and_apply` through this wrapper
+    new_params, state = update_and_apply(inner, shard(grads), state, shard(params))
+    return jax.tree.map(gathered, new_params, params), state
+
+  return GradientTransformation(init, Fn(update, None, update_and_apply=step))
 
 
 def state_bytes_per_device(tree: Any) -> dict[Any, int]:
