@@ -540,14 +540,23 @@ class _Chain:
     from gradxform._fused import program  # local: the fused kernels build on this module
     states, extra, grad, count = self._start(grads, state, params, {})
     n = len(self.parts)
-    start = n if self.tail is None else self.tail
+    # Without an elementwise tail, a last part with a route of its own (`partition`, `zero1`)
+    # takes the step, where it sees what it sees in `update`: no raw gradient fixed earlier,
+    # no shared count.
+    last = self.parts[-1] if n and self.tail is None else None
+    route = (meta(last, "update_and_apply")
+             if last is not None and not meta(last, "shares_count") else None)
+    start = n - 1 if route else n if self.tail is None else self.tail
     updates, grad = self._run(range(start), grads, states, params, extra, grad, count)
-    if start < n:
+    if route and grad is None:
+      params, states[-1] = route(updates, states[-1], params)
+      return params, _nest(self.layout, states)
+    if start < n and not route:
       fused = program.apply(self, start, updates, states[start:], params, extra, grad, count)
       if fused is not None:
         params, states[start:] = fused
         return params, _nest(self.layout, states)
-      updates, _ = self._run(range(start, n), updates, states, params, extra, grad, count)
+    updates, _ = self._run(range(start, n), updates, states, params, extra, grad, count)
     return apply_updates(params, updates), _nest(self.layout, states)
 
 

@@ -159,6 +159,14 @@ FUSABLE = {
     "lamb_rate_after_the_trust_ratio": lambda: gx.lamb(1e-2, weight_decay=0.01),
     "inject_hyperparams_adamw": lambda: gx.inject_hyperparams(gx.adamw)(
         learning_rate=gx.cosine_decay_schedule(1e-2, 10), b1=0.8, weight_decay=0.1),
+    # parameter groups: each group's own step (the decay only on matrices, as usual)
+    "partition_decay_on_matrices": lambda: gx.partition(
+        {"decay": gx.adamw(1e-2, weight_decay=0.1), "plain": gx.adam(3e-3, b1=0.8)},
+        lambda p: jax.tree.map(lambda x: "decay" if x.ndim > 1 else "plain", p)),
+    "clip_then_partition_with_a_frozen_group": lambda: gx.chain(
+        gx.clip_by_global_norm(1.0),
+        gx.partition({"train": gx.sgd(1e-2, momentum=0.9), "frozen": gx.set_to_zero()},
+                     lambda p: jax.tree.map(lambda x: "frozen" if x.ndim == 0 else "train", p))),
 }
 
 
@@ -396,6 +404,17 @@ def test_declaring_elementwise_checks_its_argument():
   with pytest.raises(ValueError, match="declares one transform, not a chain"):
     gx.elementwise(gx.adam(1e-3))
   assert gx.elementwise(gx.scale(2.0)) == gx.scale(2.0)
+
+
+def test_a_partition_after_a_part_that_fixes_the_raw_gradient_takes_the_two_calls():
+  """After momentum (which passes the raw gradient on to later parts), the groups would see
+  another raw gradient than in `update`: no route, the step is the two calls."""
+  tx = gx.chain(gx.scale_by_momentum(0.9),
+                gx.partition({"a": gx.adam(1e-2), "b": gx.sgd(1e-2)},
+                             lambda p: jax.tree.map(lambda x: "a" if x.ndim > 1 else "b", p)))
+  params = tree()
+  assert TARGET not in program(tx, params)
+  chex.assert_trees_all_equal(fused(tx, params, 3), jitted_two_calls(tx, params, 3))
 
 
 def _erf_claiming_elementwise():

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _tree
-from gradxform._base import GradientTransformation, _as_transform, transform
+from gradxform._base import GradientTransformation, _as_transform, transform, update_and_apply
+from gradxform._equality import Fn
 from gradxform._transforms.stateless import stateless
 from gradxform._wrappers.masked import evaluate, inner_extra, merge, source_tree, view
 
@@ -41,7 +42,9 @@ def partition(transforms: Mapping[str, GradientTransformation],
 
   Each group's transform runs on a view of the tree holding only its leaves (the others are
   `MaskedNode()`), so it keeps state only for them, and its step counter counts its own steps.
-  Equivalent to running each transform separately on its sub-tree.
+  Equivalent to running each transform separately on its sub-tree. `gx.update_and_apply`
+  steps each group with its own transform, so a group whose transform is elementwise (Adam,
+  AdamW, SGD, ...) takes the fused CPU pass.
 
   Args:
     transforms: a mapping from label (str) to transform.
@@ -82,7 +85,7 @@ def partition(transforms: Mapping[str, GradientTransformation],
     return PartitionState(inner_states={k: parts[k].init(view(params, flags[k]))
                                         for k in names})
 
-  def update(updates, state, params=None, **extra):
+  def check(updates, state, params):
     if not isinstance(state, PartitionState) or sorted(state.inner_states) != names:
       got = (sorted(state.inner_states) if isinstance(state, PartitionState)
              else type(state).__name__)
@@ -90,7 +93,10 @@ def partition(transforms: Mapping[str, GradientTransformation],
                        f"init() (groups {names}), got {got}.")
     if params is not None:
       _tree.check_same_structure(where, params, updates, "params", "updates")
-    flags = flags_of(source_tree(params, updates))
+    return flags_of(source_tree(params, updates))
+
+  def update(updates, state, params=None, **extra):
+    flags = check(updates, state, params)
     outs, states = [], {}
     for k in names:
       sub_params = None if params is None else view(params, flags[k])
@@ -99,7 +105,16 @@ def partition(transforms: Mapping[str, GradientTransformation],
       outs.append((flags[k], out))
     return merge(updates, outs), PartitionState(inner_states=states)
 
-  return GradientTransformation(init, update)
+  def step(grads, state, params):  # `update_and_apply`: each group's own step, fused or not
+    flags = check(grads, state, params)
+    outs, states = [], {}
+    for k in names:
+      new_params, states[k] = update_and_apply(parts[k], view(grads, flags[k]),
+                                               state.inner_states[k], view(params, flags[k]))
+      outs.append((flags[k], new_params))
+    return merge(params, outs), PartitionState(inner_states=states)
+
+  return GradientTransformation(init, Fn(update, None, update_and_apply=step))
 
 
 @transform
