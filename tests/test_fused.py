@@ -417,6 +417,38 @@ def test_a_partition_after_a_part_that_fixes_the_raw_gradient_takes_the_two_call
   chex.assert_trees_all_equal(fused(tx, params, 3), jitted_two_calls(tx, params, 3))
 
 
+def test_apply_if_finite_skips_bad_steps_inside_the_fused_step():
+  """The inner step runs fused under a `lax.cond`: a step with a NaN gradient leaves the
+  parameters and the inner state bit for bit as they were (no copy of them in the program),
+  a good one equals the eager chain's; after `max_consecutive_errors` bad steps in a row the
+  step is applied anyway, as in `update`."""
+  tx = gx.apply_if_finite(gx.adamw(1e-2, weight_decay=0.1), max_consecutive_errors=2)
+  params = tree()
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+  hlo = step.lower(params, tx.init(params), params).compile().as_text()
+  if KERNELS_ON:
+    assert TARGET in hlo
+    assert not [ln for ln in hlo.splitlines() if " copy(" in ln and "f32[37,29]" in ln]
+  bad_steps = {1, 3, 4, 5}
+  p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+  want_p, want_s = params, tx.init(params)
+  for t in range(7):
+    g = grads_at(t, params)
+    if t in bad_steps:
+      g = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan) if x.size else x, g)
+    before = jax.tree.map(np.asarray, (p, s.inner_state))
+    p, s = step(p, s, g)
+    updates, want_s = tx.update(g, want_s, want_p)   # eagerly, the two calls
+    want_p = gx.apply_updates(want_p, updates)
+    if t in (1, 3, 4):                                # skipped: nothing moved
+      chex.assert_trees_all_equal((p, s.inner_state), before)
+    if t < 5:
+      chex.assert_trees_all_close((p, s), (want_p, want_s), rtol=1e-6, atol=1e-7)
+  assert int(s.total_notfinite) == 4 and int(s.notfinite_count) == 0
+  assert np.isnan(np.asarray(p["w"])).any()           # the third bad step in a row applied
+  chex.assert_trees_all_equal(jnp.isnan(p["w"]), jnp.isnan(want_p["w"]))
+
+
 def _erf_claiming_elementwise():
   """An elementwise part whose primitive (erf) the kernel has no instruction for."""
   return gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(jax.lax.erf, u)))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _check, _numerics
-from gradxform._base import GradientTransformation, _as_transform, transform
+from gradxform._base import GradientTransformation, _as_transform, transform, update_and_apply
+from gradxform._equality import Fn
 from gradxform._wrappers.masked import inner_extra
 
 
@@ -73,7 +74,8 @@ def apply_if_finite(inner: GradientTransformation,
                               total_notfinite=_numerics.zero_count(),
                               inner_state=inner.init(params))
 
-  def update(updates, state, params=None, **extra):
+  def counters(updates, state):
+    """Whether to apply this step, and the state without its inner state."""
     if not isinstance(state, ApplyIfFiniteState):
       raise ValueError(f"{where}.update: expected the ApplyIfFiniteState made by this "
                        f"apply_if_finite's init(), got {type(state).__name__}.")
@@ -82,13 +84,21 @@ def apply_if_finite(inner: GradientTransformation,
     total = jnp.where(finite, state.total_notfinite,
                       _numerics.safe_increment(state.total_notfinite))
     apply = finite | (notfinite > max_consecutive_errors)
+    return apply, state._replace(notfinite_count=notfinite.astype(jnp.int32),
+                                 last_finite=finite, total_notfinite=total.astype(jnp.int32))
+
+  def update(updates, state, params=None, **extra):
+    apply, new_state = counters(updates, state)
     out, inner_state = inner.update(updates, state.inner_state, params,
                                     **inner_extra(extra, None))
     out = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), out)
-    inner_state = _select(apply, inner_state, state.inner_state)
-    return out, ApplyIfFiniteState(notfinite_count=notfinite.astype(jnp.int32),
-                                   last_finite=finite,
-                                   total_notfinite=total.astype(jnp.int32),
-                                   inner_state=inner_state)
+    return out, new_state._replace(inner_state=_select(apply, inner_state, state.inner_state))
 
-  return GradientTransformation(init, update)
+  def step(grads, state, params):  # `update_and_apply`: the inner step only where it applies
+    apply, new_state = counters(grads, state)
+    params, inner_state = jax.lax.cond(
+        apply, lambda: update_and_apply(inner, grads, state.inner_state, params),
+        lambda: (params, state.inner_state))
+    return params, new_state._replace(inner_state=inner_state)
+
+  return GradientTransformation(init, Fn(update, None, update_and_apply=step))
