@@ -643,6 +643,30 @@ def test_sharded_jit_runs_the_kernel_on_each_devices_shards(axis_type):
     assert "all-gather" not in hlo and "all-to-all" not in hlo
 
 
+def test_vmap_of_sharded_problems_steps_each_problems_shards():
+  """A batch of problems, each split over the devices, each with its own step count: the
+  kernel runs problem after problem on the local shards, nothing is gathered."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = _mesh("Auto")
+  batch = {"w": jax.device_put(
+      jnp.asarray(np.random.default_rng(6).normal(size=(3, 64, 6)), jnp.float32),
+      NamedSharding(mesh, P(None, "d", "m")))}
+  grads = jax.tree.map(jnp.cos, batch)
+  tx = gx.adam(1e-2)
+  state = jax.jit(jax.vmap(tx.init))(batch)
+  step = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p)))
+  hlo = step.lower(batch, state, grads).compile().as_text()
+  got = step(batch, state, grads)
+  if KERNELS_ON:
+    calls = " ".join(ln for ln in hlo.splitlines() if TARGET in ln)
+    assert "f32[16,3]" in calls and "all-gather" not in hlo
+  assert got[0]["w"].sharding.is_equivalent_to(batch["w"].sharding, 3)
+  for i in range(3):
+    updates, _ = tx.update(pick(grads, i), tx.init(pick(batch, i)), pick(batch, i))
+    chex.assert_trees_all_close(pick(got[0], i), gx.apply_updates(pick(batch, i), updates),
+                                rtol=1e-6, atol=1e-7)
+
+
 def test_on_explicit_axes_a_leaf_takes_the_sharding_the_two_calls_give():
   """Replicated parameters with split state (ZeRO-1's layout, without `zero1`): JAX's rule
   for an elementwise operation splits the result; the fused step gives the same layout."""

@@ -563,9 +563,14 @@ def _sharded(name: str, k: int, r: int, written: list[int],
 
   @batched.def_vmap
   def _batch(size: int, in_batched: list[bool], *ops: jax.Array) -> tuple[Any, tuple[bool, ...]]:
-    if in_batched[0]:
-      axes = [0 if b else None for b in in_batched]
-      return jax.vmap(run, in_axes=axes)(*ops), (True,) * (n * r)
+    if in_batched[0]:  # one problem after another, each with its own scalars
+
+      def one(sliced: list[jax.Array]) -> tuple[jax.Array, ...]:
+        it = iter(sliced)
+        return tuple(_sharded(name, k, r, written,
+                              [next(it) if b else x for x, b in zip(ops, in_batched)]))
+
+      return jax.lax.map(one, [x for x, b in zip(ops, in_batched) if b]), (True,) * (n * r)
     wide = [x if b else jnp.broadcast_to(x, (size, *x.shape))
             for x, b in zip(ops[1:], in_batched[1:])]
     return tuple(_sharded(name, k, r, written, [ops[0], *wide])), (True,) * (n * r)
