@@ -52,6 +52,14 @@ def cast(x: Any, dtype: Any) -> Any:
   return x if x.dtype == dtype else x.astype(dtype)
 
 
+def branch(pred: Any, yes: Any, no: Any) -> Any:
+  """`yes()` where `pred` holds, else `no()`: a `lax.cond` under a trace, a Python branch on a
+  concrete `pred` (an eager `lax.cond` of fresh closures would compile at every call)."""
+  if isinstance(pred, jax.core.Tracer):
+    return jax.lax.cond(pred, yes, no)
+  return yes() if bool(pred) else no()
+
+
 def ema(old: jax.Array, new: jax.Array, decay: Any, *, squared: bool = False) -> jax.Array:
   """One step of an exponential moving average: `decay · old + (1 − decay) · new`.
 

@@ -449,6 +449,28 @@ def test_apply_if_finite_skips_bad_steps_inside_the_fused_step():
   chex.assert_trees_all_equal(jnp.isnan(p["w"]), jnp.isnan(want_p["w"]))
 
 
+def test_accumulate_gradients_takes_the_fused_step_every_k_micro_steps():
+  """Micro steps only add to the sum (the parameters stay bit for bit); every third step
+  runs the inner AdamW fused on the mean, as the eager two calls do."""
+  tx = gx.accumulate_gradients(gx.adamw(1e-2, weight_decay=0.1), every_k=3)
+  params = tree()
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+  hlo = step.lower(params, tx.init(params), params).compile().as_text()
+  if KERNELS_ON:
+    assert TARGET in hlo
+    assert not [ln for ln in hlo.splitlines() if " copy(" in ln and "f32[37,29]" in ln]
+  p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+  want_p, want_s = params, tx.init(params)
+  for t in range(7):
+    before = np.asarray(p["w"])
+    p, s = step(p, s, grads_at(t, params))
+    updates, want_s = tx.update(grads_at(t, params), want_s, want_p)
+    want_p = gx.apply_updates(want_p, updates)
+    assert np.array_equal(np.asarray(p["w"]), before) == (t % 3 != 2)
+    chex.assert_trees_all_close((p, s), (want_p, want_s), rtol=1e-6, atol=1e-7)
+  assert int(s.gradient_step) == 2 and int(s.micro_step) == 1
+
+
 def _erf_claiming_elementwise():
   """An elementwise part whose primitive (erf) the kernel has no instruction for."""
   return gx.elementwise(gx.stateless(lambda u, p: jax.tree.map(jax.lax.erf, u)))

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (_as_transform, GRAD_KEY, GradientTransformation, transform,
-                             trees_checked)
+                             trees_checked, update_and_apply)
+from gradxform._equality import Fn
 from gradxform._wrappers.masked import inner_extra
 
 EveryK = Union[int, Callable[[jax.Array], Any]]
@@ -73,7 +74,8 @@ def accumulate_gradients(inner: GradientTransformation, every_k: EveryK) -> Grad
                            gradient_step=_numerics.zero_count(),
                            acc=acc, inner_state=inner.init(params))
 
-  def update(updates, state, params=None, **extra):
+  def begin(updates, state, extra):
+    """The new sum, whether the inner step runs now, and the mean it would get."""
     if not isinstance(state, AccumulateState):
       raise ValueError(f"{where}.update: expected the AccumulateState made by this "
                        f"accumulate_gradients's init(), got {type(state).__name__}.")
@@ -82,27 +84,44 @@ def accumulate_gradients(inner: GradientTransformation, every_k: EveryK) -> Grad
     k = k_at(state.gradient_step)
     acc = jax.tree.map(lambda a, g: a + _numerics.cast(g, a.dtype), state.acc, updates)
     emit = state.micro_step + 1 >= k
+
+    def mean():
+      return jax.tree.map(lambda a, g: _numerics.cast(a / _numerics.cast(k, a.dtype), g.dtype),
+                          acc, updates)
+
+    return acc, emit, mean
+
+  def end(state, acc, emit, inner_state):
+    return AccumulateState(
+        micro_step=jnp.where(emit, 0, state.micro_step + 1).astype(jnp.int32),
+        gradient_step=jnp.where(emit, _numerics.safe_increment(state.gradient_step),
+                                state.gradient_step).astype(jnp.int32),
+        acc=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc),
+        inner_state=inner_state)
+
+  def update(updates, state, params=None, **extra):
+    acc, emit, mean = begin(updates, state, extra)
     rest = inner_extra(extra, None)
     rest.pop(GRAD_KEY, None)
 
     def step():
-      mean = jax.tree.map(lambda a, g: _numerics.cast(a / _numerics.cast(k, a.dtype), g.dtype),
-                          acc, updates)
-      out, s = inner.update(mean, state.inner_state, params, **rest)
+      out, s = inner.update(mean(), state.inner_state, params, **rest)
       return _numerics.cast_like(out, updates), _numerics.cast_like(s, state.inner_state)
 
     def skip():
       return jax.tree.map(jnp.zeros_like, updates), state.inner_state
 
-    if isinstance(emit, jax.core.Tracer):
-      out, inner_state = jax.lax.cond(emit, step, skip)
-    else:  # eagerly, a Python branch: an eager lax.cond of fresh closures compiles every call
-      out, inner_state = step() if bool(emit) else skip()
-    acc = jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc)
-    return out, AccumulateState(
-        micro_step=jnp.where(emit, 0, state.micro_step + 1).astype(jnp.int32),
-        gradient_step=jnp.where(emit, _numerics.safe_increment(state.gradient_step),
-                                state.gradient_step).astype(jnp.int32),
-        acc=acc, inner_state=inner_state)
+    out, inner_state = _numerics.branch(emit, step, skip)
+    return out, end(state, acc, emit, inner_state)
 
-  return GradientTransformation(init, update)
+  def fused_step(grads, state, params):  # `update_and_apply`: the inner step where it runs
+    acc, emit, mean = begin(grads, state, {})
+
+    def step():
+      new_params, s = update_and_apply(inner, mean(), state.inner_state, params)
+      return new_params, _numerics.cast_like(s, state.inner_state)
+
+    params, inner_state = _numerics.branch(emit, step, lambda: (params, state.inner_state))
+    return params, end(state, acc, emit, inner_state)
+
+  return GradientTransformation(init, Fn(update, None, update_and_apply=fused_step))

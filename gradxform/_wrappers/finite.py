@@ -96,7 +96,7 @@ def apply_if_finite(inner: GradientTransformation,
 
   def step(grads, state, params):  # `update_and_apply`: the inner step only where it applies
     apply, new_state = counters(grads, state)
-    params, inner_state = jax.lax.cond(
+    params, inner_state = _numerics.branch(
         apply, lambda: update_and_apply(inner, grads, state.inner_state, params),
         lambda: (params, state.inner_state))
     return params, new_state._replace(inner_state=inner_state)
