@@ -417,6 +417,17 @@ def test_a_partition_after_a_part_that_fixes_the_raw_gradient_takes_the_two_call
   chex.assert_trees_all_equal(fused(tx, params, 3), jitted_two_calls(tx, params, 3))
 
 
+def in_place_step(tx, params):
+  """`update_and_apply(tx)` jitted with params and state donated. Where the kernel is built,
+  checks that it is in the program, with no copy of `tree()`'s (37, 29) leaf."""
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+  hlo = step.lower(params, tx.init(params), params).compile().as_text()
+  if KERNELS_ON:
+    assert TARGET in hlo
+    assert not [ln for ln in hlo.splitlines() if " copy(" in ln and "f32[37,29]" in ln]
+  return step
+
+
 def test_apply_if_finite_skips_bad_steps_inside_the_fused_step():
   """The inner step runs fused under a `lax.cond`: a step with a NaN gradient leaves the
   parameters and the inner state bit for bit as they were (no copy of them in the program),
@@ -424,11 +435,7 @@ def test_apply_if_finite_skips_bad_steps_inside_the_fused_step():
   step is applied anyway, as in `update`."""
   tx = gx.apply_if_finite(gx.adamw(1e-2, weight_decay=0.1), max_consecutive_errors=2)
   params = tree()
-  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
-  hlo = step.lower(params, tx.init(params), params).compile().as_text()
-  if KERNELS_ON:
-    assert TARGET in hlo
-    assert not [ln for ln in hlo.splitlines() if " copy(" in ln and "f32[37,29]" in ln]
+  step = in_place_step(tx, params)
   bad_steps = {1, 3, 4, 5}
   p, s = jax.tree.map(jnp.copy, params), tx.init(params)
   want_p, want_s = params, tx.init(params)
@@ -454,11 +461,7 @@ def test_accumulate_gradients_takes_the_fused_step_every_k_micro_steps():
   runs the inner AdamW fused on the mean, as the eager two calls do."""
   tx = gx.accumulate_gradients(gx.adamw(1e-2, weight_decay=0.1), every_k=3)
   params = tree()
-  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
-  hlo = step.lower(params, tx.init(params), params).compile().as_text()
-  if KERNELS_ON:
-    assert TARGET in hlo
-    assert not [ln for ln in hlo.splitlines() if " copy(" in ln and "f32[37,29]" in ln]
+  step = in_place_step(tx, params)
   p, s = jax.tree.map(jnp.copy, params), tx.init(params)
   want_p, want_s = params, tx.init(params)
   for t in range(7):
