@@ -89,8 +89,8 @@ def zero1(inner: GradientTransformation, mesh: Mesh, *,
   and gathers the emitted updates back to the layout they came in (replicated on a plain
   data-parallel mesh). `gx.update_and_apply` does the same with the whole step: each device
   steps its slice of the parameters (with `inner`'s fused CPU pass where it has one) and the
-  new parameters are gathered. For element-wise optimizers (Adam, SGD, RMSprop, ...) every element
-  sees the same arithmetic as without sharding, so the numerics are identical.
+  new parameters are gathered. For element-wise optimizers (Adam, SGD, RMSprop, ...) every
+  element sees the same arithmetic as without sharding, so the numerics are identical.
 
   Use under `jax.jit` with a mesh from `jax.make_mesh` (and `jax.set_mesh(mesh)` when its axes
   are explicit, the default in jax ≥ 0.7); parameters replicated over `axis_name`.

@@ -96,9 +96,12 @@ def apply_if_finite(inner: GradientTransformation,
 
   def step(grads, state, params):  # `update_and_apply`: the inner step only where it applies
     apply, new_state = counters(grads, state)
-    params, inner_state = _numerics.branch(
-        apply, lambda: update_and_apply(inner, grads, state.inner_state, params),
-        lambda: (params, state.inner_state))
+
+    def run():
+      new_params, s = update_and_apply(inner, grads, state.inner_state, params)
+      return new_params, _numerics.cast_like(s, state.inner_state)
+
+    params, inner_state = _numerics.branch(apply, run, lambda: (params, state.inner_state))
     return params, new_state._replace(inner_state=inner_state)
 
   return GradientTransformation(init, Fn(update, None, update_and_apply=step))
