@@ -681,7 +681,7 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
     torch.optim's `Optimizer.step` (fused=True), which likewise updates parameters and
     state in one pass; Optax's `apply_updates` for the two-call form.
   """
-  through = meta(tx, "update_and_apply")  # a wrapper's own route to the step (`zero1`)
+  through = meta(tx, "update_and_apply")  # a wrapper's own route (partition, zero1, ...)
   if through:
     return through(grads, state, params)
   flat = meta(tx, "flat_chain")

@@ -472,7 +472,7 @@ def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Ar
     scalars = jnp.concatenate([scalars, jnp.arange(_ASYNC_FLOPS, dtype=jnp.float32) * one])
   per_leaf = [[gi, pi] + ([raw[i]] if raw is not None else []) + [s[i] for s in slots]
               for i, (gi, pi) in enumerate(zip(g, params))]
-  targets = [_explicit_sharding(leaf) for leaf in per_leaf]
+  targets = _explicit_shardings(per_leaf)
   per_leaf = [leaf if t is None else [_reshard(x, t) for x in leaf]
               for leaf, t in zip(per_leaf, targets)]
   k, r = len(per_leaf[0]), 1 + len(slots)
@@ -483,16 +483,23 @@ def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Ar
           for j in range(r)]
 
 
-def _explicit_sharding(arrays: list[jax.Array]) -> Any:
-  """The sharding of a leaf's step on a mesh with explicit axes, else None.
+def _explicit_shardings(per_leaf: list[list[jax.Array]]) -> list[Any]:
+  """Per leaf, the sharding of its step where its arrays live on a mesh with explicit axes,
+  else None.
 
   What the two calls give: JAX's rule for an elementwise operation on all of the leaf's arrays
-  (a dimension split in one of them is split in the result)."""
-  avals = [jax.typeof(x) for x in arrays]
-  if not any(t == jax.sharding.AxisType.Explicit
-             for a in avals for t in a.sharding.mesh.axis_types):
-    return None
-  return jax.eval_shape(lambda *xs: sum(x.astype(jnp.float32) for x in xs), *avals).sharding
+  (a dimension split in one of them is split in the result), found for every such leaf in
+  one abstract evaluation."""
+  avals = [[jax.typeof(x) for x in leaf] for leaf in per_leaf]
+  explicit = [i for i, leaf in enumerate(avals) if any(
+      t == jax.sharding.AxisType.Explicit for a in leaf for t in a.sharding.mesh.axis_types)]
+  targets: list[Any] = [None] * len(per_leaf)
+  if explicit:
+    steps = jax.eval_shape(lambda leaves: [sum(x.astype(jnp.float32) for x in leaf)
+                                           for leaf in leaves], [avals[i] for i in explicit])
+    for i, step in zip(explicit, steps):
+      targets[i] = step.sharding
+  return targets
 
 
 def _reshard(x: jax.Array, sharding: Any) -> jax.Array:
