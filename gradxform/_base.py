@@ -142,10 +142,34 @@ def elementwise(tx: GradientTransformation) -> GradientTransformation:
   if meta(tx, "flat_chain"):
     raise ValueError("gx.elementwise declares one transform, not a chain: declare each of its "
                      "parts that is elementwise, then chain them")
+  return _declare(tx, elementwise=True)
+
+
+def leafwise(tx: GradientTransformation,
+             variants: Callable[[Params], list[GradientTransformation]]) -> GradientTransformation:
+  """Declares that `tx` acts on each leaf as one of a few elementwise transforms (private).
+
+  `variants(params)` gives, for each leaf of `params` in `jax.tree.leaves` order, a transform
+  declared elementwise that does on that leaf what `tx` does there: a masked weight decay is
+  the decay on its masked leaves and a pass-through on the others. Every variant's state has
+  the structure of `tx`'s and the same scalars (counters advance alike); a variant need not
+  be a new object per leaf (leaves given the same object share a fused program). Then `tx`
+  takes part in a chain's fused tail (`update_and_apply`) like an elementwise part; where the
+  variants' states differ in their slots (a masked momentum) the step is the two calls.
+  """
+  return _declare(tx, leaf_variants=variants)
+
+
+def _declare(tx: GradientTransformation, **declared: Any) -> GradientTransformation:
+  """`tx` with `declared` added to its update's metadata: the same init, the same update."""
   fn, key, info = (tx.update.fn, tx.update.key, dict(tx.update.meta)) if isinstance(
       tx.update, Fn) else (tx.update, None, {})
-  info["elementwise"] = True
-  return GradientTransformation(tx.init, Fn(fn, key, **info))
+  return GradientTransformation(tx.init, Fn(fn, key, **{**info, **declared}))
+
+
+def fusable(tx: GradientTransformation) -> bool:
+  """Whether `tx` can be part of a chain's fused tail: declared elementwise or leafwise."""
+  return bool(meta(tx, "elementwise") or meta(tx, "leaf_variants"))
 
 
 def all_elementwise(tx: GradientTransformation) -> bool:
@@ -513,11 +537,16 @@ class _Chain:
     return states, extra, grad, count
 
   def _run(self, parts: range, updates: Updates, states: list[Any], params: Params | None,
-           extra: dict[str, Any], grad: Any, count: Any) -> tuple[Updates, Any]:
+           extra: dict[str, Any], grad: Any, count: Any,
+           instead: dict[int, GradientTransformation] | None = None) -> tuple[Updates, Any]:
     """Runs `parts` in order, replacing their entries of `states`; returns the updates and
-    the raw gradient that later parts see."""
+    the raw gradient that later parts see. `instead` maps a part's index to the transform
+    that runs in its place (a leafwise part's variant, in the fused step's trace)."""
     for i in parts:
       tx, s, passes = self.parts[i], states[i], self.passes[i]
+      if instead and i in instead:
+        tx = instead[i]
+        passes = _accepts_extra(tx.update)
       raw = updates if grad is None else grad
       if not passes:
         updates, states[i] = tx.update(updates, s, params)
@@ -658,9 +687,9 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
 
   and the state has the same layout. On CPU, the elementwise parts at the end of a chain
   (momentum, RMS, Adam's moments, bias correction, Lion, Adagrad, AMSGrad, sign rules, weight
-  decay, the learning rate: those of SGD, Adam, AdamW, RMSprop, Lion and most named
-  optimizers, also after clipping or other parts, and `inject_hyperparams` around them; see
-  `elementwise`) run with the parameter step as one fused pass over all leaves: each
+  decay with or without a mask, the learning rate: those of SGD, Adam, AdamW, RMSprop, Lion
+  and most named optimizers, also after clipping or other parts, and `inject_hyperparams`
+  around them; see `elementwise`) run with the parameter step as one fused pass over all leaves: each
   gradient, parameter and state slot is read once and written once, in place when `params`
   and `state` are donated to the `jax.jit` around it. The pass is traced from the parts
   themselves and compiled once per machine; it needs float32, bfloat16 or float16 leaves and
@@ -688,7 +717,7 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   if not any(jnp.iscomplexobj(x) for x in jax.tree.leaves((grads, params))):
     if isinstance(flat, _Chain):
       return flat.update_and_apply(grads, state, params)
-    if meta(tx, "elementwise"):  # one part: a chain of it, whose state is `(state,)`
+    if fusable(tx):  # one part: a chain of it, whose state is `(state,)`
       params, (state,) = _Chain("update_and_apply", [tx], None).update_and_apply(
           grads, (state,), params)
       return params, state

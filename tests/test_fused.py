@@ -131,8 +131,16 @@ FUSABLE = {
                                                   gx.sgd(1e-2, momentum=0.9)),
     "radam": lambda: gx.radam(1e-2),
     "noisy_sgd_noise_head": lambda: gx.noisy_sgd(1e-2),
-    "masked_decay_head": lambda: gx.adamw(1e-2, mask=lambda p: jax.tree.map(
+    # masks: leaves with and without the decay get a program each
+    "adamw_masked_decay": lambda: gx.adamw(1e-2, mask=lambda p: jax.tree.map(
         lambda x: x.ndim > 1, p)),
+    "masked_l2_penalty_sgd": lambda: gx.chain(
+        gx.add_l2_penalty(0.1, mask={"w": True, "b": False, "s": True, "deep": False}),
+        gx.sgd(1e-2, momentum=0.9)),
+    "masked_stateless_part": lambda: gx.chain(
+        gx.scale_by_rms(0.99), gx.masked(gx.clip(0.05), {"w": False, "b": True, "s": True,
+                                                         "deep": False}),
+        gx.scale_by_learning_rate(1e-2)),
     "ademamix": lambda: gx.ademamix(1e-2, weight_decay=0.01),
     "simplified_ademamix": lambda: gx.simplified_ademamix(1e-2, alpha=2.0),
     "madgrad": lambda: gx.madgrad(1e-2, weight_decay=0.01),
@@ -234,12 +242,13 @@ def mixed_tree() -> dict:
 # Configurations whose whole chain is the fused tail, so that the eager chain is the reference;
 # and, below, those with a head of other parts, which run jitted, as in the two-call step.
 SIXTEEN_BIT = ["adam", "adamw", "sgd_momentum", "sgd_nesterov", "lion", "nadam", "adagrad",
-               "rmsprop_centered_momentum", "yogi", "clip_by_value_then_l2_sgd"]
+               "rmsprop_centered_momentum", "yogi", "clip_by_value_then_l2_sgd",
+               "adamw_masked_decay"]
 SIXTEEN_BIT_STATE = {
     "adam_bfloat16_state": lambda: gx.adam(1e-2, state_dtype=jnp.bfloat16),
     "sgd_float16_state": lambda: gx.sgd(1e-2, momentum=0.9, state_dtype=jnp.float16),
 }
-WITH_HEAD = ["clip_then_adamw", "masked_decay_head"]
+WITH_HEAD = ["clip_then_adamw"]
 
 
 def assert_within_ulps(got, want, ulps: int = 1):
@@ -261,10 +270,11 @@ def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
   tx = {**FUSABLE, **SIXTEEN_BIT_STATE}[name]()
   params = mixed_tree()
   text = program(tx, params)
-  # One call per dtype signature; without float16 in the compiler, none (all or nothing),
-  # and the step is exactly the jitted two calls.
+  # One call per dtype signature (and decay variant: the masked decay's float32 leaves are the
+  # decayed empty matrix and the undecayed rest); without float16 in the compiler, none (all
+  # or nothing), and the step is exactly the jitted two calls.
   fuses = _float16_compiles()
-  assert text.count(TARGET) == (3 if fuses else 0)
+  assert text.count(TARGET) == ((4 if name == "adamw_masked_decay" else 3) if fuses else 0)
   # Two steps only against the jitted two calls: their own loops round about an ulp
   # differently at each step, and the difference would grow with the steps.
   steps = 2 if name in WITH_HEAD else 6
@@ -275,6 +285,21 @@ def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
   got_p, got_s = fused(tx, params, steps)
   assert_within_ulps((got_p, got_s), (want_p, want_s),
                      0 if not fuses else 4 if name in WITH_HEAD else 1)
+
+
+@pytest.mark.parametrize("decayed, calls", [("matrices", 2), ("all", 1), ("none", 1)])
+def test_a_masked_decay_takes_one_program_per_variant(decayed, calls):
+  """`adamw(mask=...)` fuses whole: the decayed leaves run one program, the others one
+  without the decay; the numbers are the NumPy AdamW's, decayed where the mask says."""
+  params = {"w": tree()["w"], "b": tree()["b"], "k": tree()["deep"]["k"]}
+  flags = {"matrices": {"w": True, "b": False, "k": True}, "all": True, "none": False}[decayed]
+  tx = gx.adamw(1e-2, weight_decay=0.1, mask=flags)
+  assert program(tx, params).count(TARGET) == (calls if KERNELS_ON else 0)
+  got, _ = fused(tx, params, 8)
+  on = {k: flags if isinstance(flags, bool) else flags[k] for k in params}
+  want = {k: numpy_adamw({k: np.asarray(x)}, 8, 1e-2, 0.9, 0.999, 1e-8, 0.1 if on[k] else 0.0)[k]
+          for k, x in params.items()}
+  chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6)
 
 
 def test_injected_hyperparameters_change_without_recompiling_the_fused_step():
@@ -487,6 +512,9 @@ FALLBACK = {
         gx.adam(1e-2), gx.clip_by_global_norm(1.0)), jnp.float32),
     "a_reduction_declared_elementwise": (lambda: gx.chain(
         gx.scale_by_momentum(0.9), _sum_claiming_elementwise(), gx.scale(-0.1)), jnp.float32),
+    # masked and unmasked leaves would keep different slots
+    "a_masked_part_with_slots": (lambda: gx.chain(gx.masked(gx.scale_by_momentum(0.9), {
+        "w": True, "b": False, "s": True, "deep": False}), gx.scale(-0.1)), jnp.float32),
 }
 
 

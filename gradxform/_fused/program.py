@@ -34,7 +34,7 @@ import numpy as np
 from jax.extend import core
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gradxform._base import CHECKED_KEY, apply_updates, meta
+from gradxform._base import CHECKED_KEY, apply_updates, fusable, meta
 
 #: The probe leaf's shape: a size no scalar state of a transform has.
 _PROBE = (7,)
@@ -56,7 +56,7 @@ _CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_ca
 def tail_start(parts: list[Any]) -> int | None:
   """Where the chain's elementwise tail starts, or None when its last part is not elementwise."""
   start = len(parts)
-  while start > 0 and meta(parts[start - 1], "elementwise"):
+  while start > 0 and fusable(parts[start - 1]):
     start -= 1
   return None if start == len(parts) else start
 
@@ -315,9 +315,19 @@ def _probe_states(parts: list[Any], real: list[Any], dtype: Any) -> list[Any]:
 
 
 class _Group(NamedTuple):
-  """Leaves of one dtype signature: the same program runs over all of them."""
+  """Leaves of one dtype signature and the same leafwise variants: one program runs over all
+  of them."""
   positions: list[int]        # of its leaves among the parameters' leaves
   dtypes: tuple[Any, ...]     # of the parameter, the incoming update and the raw gradient
+  instead: dict[int, Any]     # a leafwise part's index in the chain -> its variant here
+
+
+def _leaf_variants(chain: Any, start: int, params: Any, n: int) -> list[dict[int, Any]]:
+  """Per leaf, the variant that each leafwise part of the tail (`gradxform._base.leafwise`)
+  takes there: a masked weight decay is the decay on some leaves, a pass-through on others."""
+  per_part = {i: chain.parts[i].update.meta["leaf_variants"](params)
+              for i in range(start, len(chain.parts)) if meta(chain.parts[i], "leaf_variants")}
+  return [{i: variants[leaf] for i, variants in per_part.items()} for leaf in range(n)]
 
 
 def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
@@ -341,14 +351,15 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
                        for c in columns) or build.library() is None:
     return None
   groups: dict[tuple[Any, ...], _Group] = {}
-  for i in range(len(leaves)):
-    key = tuple(c[i].dtype for c in columns)
-    groups.setdefault(key, _Group([], key)).positions.append(i)
-  parts = chain.parts[start:]
-  plans = []
+  for i, instead in enumerate(_leaf_variants(chain, start, params, len(leaves))):
+    dtypes = tuple(c[i].dtype for c in columns)
+    key = dtypes + tuple(id(v) for v in instead.values())
+    groups.setdefault(key, _Group([], dtypes, instead)).positions.append(i)
+  plans: list[tuple[Any, ...]] = []
   for group in groups.values():  # every program first: no kernel call unless all can run
-    plan = _plan(chain, start, parts, group, columns, tree, states, count)
-    if plan is None:
+    plan = _plan(chain, start, group, columns, tree, states, count)
+    # Every group must keep the same state layout (leafwise variants could differ in slots).
+    if plan is None or (plans and plan[2] != plans[0][2]):
       return None
     plans.append(plan)
   new_leaves: list[list[Any]] = []
@@ -364,14 +375,16 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   return tree.unflatten(new_leaves[0]), list(jax.tree.unflatten(pair_tree, vals))
 
 
-def _plan(chain: Any, start: int, parts: list[Any], group: _Group, columns: list[list[Any]],
-          tree: Any, states: list[Any], count: Any) -> tuple[Any, ...] | None:
-  """Traces the tail for `group`'s dtypes and builds its program, or None where it cannot run.
+def _plan(chain: Any, start: int, group: _Group, columns: list[list[Any]], tree: Any,
+          states: list[Any], count: Any) -> tuple[Any, ...] | None:
+  """Traces the tail for `group`'s dtypes and variants and builds its program, or None where
+  it cannot run.
 
   Returns a function running the program over the group's leaves (giving their new leaves:
   the parameter, then each slot), the new scalar state, and the state's layout."""
   from gradxform._fused import build
   leaves = columns[0]
+  parts = [group.instead.get(i, chain.parts[i]) for i in range(start, len(chain.parts))]
   try:
     probes = _probe_states(parts, states, group.dtypes[0])
     # Per probe leaf: a slot (the real subtree holds one array per parameter) or a scalar
@@ -405,7 +418,7 @@ def _plan(chain: Any, start: int, parts: list[Any], group: _Group, columns: list
     vals = [next(it_slot) if k == "slot" else next(it_scalar) for k in kinds]
     run_states = [None] * start + list(jax.tree.unflatten(pair_tree, vals))
     u, _ = chain._run(range(start, len(chain.parts)), u, run_states, p, {CHECKED_KEY: True},
-                      g, c)
+                      g, c, group.instead)
     return apply_updates(p, u), run_states[start:]
 
   def spec(x: Any) -> Any:

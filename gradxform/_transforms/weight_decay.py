@@ -8,9 +8,21 @@ import jax
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, elementwise,
-                             next_count, require_params, step_count, transform, trees_checked)
+                             leafwise, next_count, require_params, step_count, transform,
+                             trees_checked)
 from gradxform._wrappers.masked import Mask, resolve_flags
 
+
+
+def _variants(where: str, mask: Mask, on: Callable[[], GradientTransformation],
+              off: Callable[[], GradientTransformation]) -> Callable[[Any], list[Any]]:
+  """A masked decay's variants per leaf (see `leafwise`): the unmasked decay `on()` where the
+  mask holds, `off()` (the same state, no decay) elsewhere."""
+  def variants(params):
+    decay, keep = elementwise(on()), elementwise(off())
+    return [decay if f else keep for f in resolve_flags(where, mask, params)]
+
+  return variants
 
 
 class WeightDecayState(NamedTuple):
@@ -94,7 +106,10 @@ def decoupled_weight_decay(rate: ScalarOrSchedule,
   where = "decoupled_weight_decay"
   rate = _check.non_negative_or_schedule(where, "rate", rate)
   tx = _add_scaled_params(where, rate, mask)
-  return tx if mask is not None else elementwise(tx)
+  if mask is None:
+    return elementwise(tx)
+  return leafwise(tx, _variants(where, mask, lambda: decoupled_weight_decay(rate),
+                                lambda: decoupled_weight_decay(rate, mask=False)))
 
 
 @transform(shares_count=True, hyperparams=("weight_decay",))
@@ -124,4 +139,7 @@ def add_l2_penalty(weight_decay: ScalarOrSchedule,
   where = "add_l2_penalty"
   rate = _check.non_negative_or_schedule(where, "weight_decay", weight_decay)
   tx = _add_scaled_params(where, rate, mask)
-  return tx if mask is not None else elementwise(tx)
+  if mask is None:
+    return elementwise(tx)
+  return leafwise(tx, _variants(where, mask, lambda: add_l2_penalty(weight_decay),
+                                lambda: add_l2_penalty(weight_decay, mask=False)))

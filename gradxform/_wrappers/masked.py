@@ -16,7 +16,7 @@ import numpy as np
 
 from gradxform import _tree
 from gradxform._base import (COUNT_KEY, GRAD_KEY, GradientTransformation, Params, Updates,
-                             _as_transform, transform)
+                             _as_transform, all_elementwise, elementwise, leafwise, transform)
 
 Mask = Any  # a tree (or prefix tree) of bools like params, or a function params -> such a tree
 
@@ -165,4 +165,12 @@ def masked(inner: GradientTransformation, mask: Mask | Callable[[Any], Any]
                                     **inner_extra(extra, flags))
     return merge(updates, [(flags, out)]), MaskedState(inner_state=inner_state)
 
-  return GradientTransformation(init, update)
+  tx = GradientTransformation(init, update)
+  if not all_elementwise(inner):
+    return tx
+
+  def variants(params):  # `inner` on the masked leaves, a pass-through on the others
+    on, off = elementwise(masked(inner, True)), elementwise(masked(inner, False))
+    return [on if f else off for f in resolve_flags(where, mask, params)]
+
+  return leafwise(tx, variants)
