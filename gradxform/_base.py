@@ -689,9 +689,9 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   (momentum, RMS, Adam's moments, bias correction, Lion, Adagrad, AMSGrad, sign rules, weight
   decay with or without a mask, the learning rate: those of SGD, Adam, AdamW, RMSprop, Lion
   and most named optimizers, also after clipping or other parts, and `inject_hyperparams`
-  around them; see `elementwise`) run with the parameter step as one fused pass over all leaves: each
-  gradient, parameter and state slot is read once and written once, in place when `params`
-  and `state` are donated to the `jax.jit` around it. The pass is traced from the parts
+  around them; see `elementwise`) run with the parameter step as one fused pass over all
+  leaves: each gradient, parameter and state slot is read once and written once, in place
+  when `params` and `state` are donated to the `jax.jit` around it. The pass is traced from the parts
   themselves and compiled once per machine; it needs float32, bfloat16 or float16 leaves and
   a C++ compiler (`gx.kernel_status()` says whether it is available). Elsewhere the step is
   the two calls above. Under `jax.jit` with sharded arrays each device runs the pass on its
