@@ -697,8 +697,8 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   the step is the two calls above. Under `jax.jit` with sharded arrays each device runs the
   pass on its own shards, and every result keeps the sharding the two calls give it; `vmap`,
   `pmap` and `shard_map` work too; gradients through it do not. The fused pass computes the
-  same operations in the same order (a 16-bit one in float32, rounded once, as XLA does), equal to
-  rounding (BUILD_NOTES: Performance design).
+  same operations in the same order (a 16-bit one in float32, rounded once, as XLA does),
+  equal to rounding (BUILD_NOTES: Performance design).
 
   Example:
     >>> tx = gx.adam(1e-3)
