@@ -354,13 +354,9 @@ def test_check_transform(name, x64):
       tx.init, lambda u, s, p=None, **kw: tx.update(u, s, p, value_fn=_f, **kw))
   with jax.enable_x64(x64):
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64 if x64 else x.dtype), _params())
-    # check_transform's checks but pmap (one CPU device: the vmap check with a batch of 1),
-    # with fewer steps: each check compiles the searches' loops again.
-    gxt.check_init_pure(bound, params)
-    gxt.check_jit(bound, params, needs_params=True, steps=2)
-    gxt.check_state_stable(bound, params, needs_params=True, steps=2)
-    gxt.check_zero_grads(bound, params, needs_params=True, steps=1)
-    gxt.check_vmap(bound, params, needs_params=True, steps=1)
+    # check_transform's checks but pmap, with fewer steps (one compile of the searches' loops
+    # for all of them, and one under vmap).
+    gxt.check_transform(bound, params, needs_params=True, steps=2, pmap=False)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
