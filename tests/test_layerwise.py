@@ -115,7 +115,8 @@ STATEFUL = {"lamb", "lars", "novograd", "sm3", "scale_by_novograd", "scale_by_sm
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_check_transform(name):
   factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  gxt.check_transform(factory(), cl.params(), needs_params=True)
+  # pmap on the primitives, which carry the state; the optimizers chain them
+  gxt.check_transform(factory(), cl.params(), needs_params=True, pmap=name in PRIMITIVES)
   if name in STATEFUL:                      # moments in bfloat16 for float32 parameters
     tx = factory(state_dtype=jnp.bfloat16)
     if name in PRIMITIVES:                  # the optimizers pass state_dtype on to these

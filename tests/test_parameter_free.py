@@ -111,7 +111,8 @@ def _close(ours, theirs):
 @pytest.mark.parametrize("name", list(OPTIMIZERS) + list(PRIMITIVES))
 def test_check_transform(name):
   factory = {**OPTIMIZERS, **PRIMITIVES}[name]
-  gxt.check_transform(factory(), cl.params(), needs_params=True)
+  # pmap on the primitives, which carry the state; the optimizers chain them
+  gxt.check_transform(factory(), cl.params(), needs_params=True, pmap=name in PRIMITIVES)
 
 
 def test_cocob_bfloat16_accumulators():

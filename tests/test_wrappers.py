@@ -181,18 +181,23 @@ def test_clip_by_global_norm_against_numpy(max_norm):
 
 def test_global_norm_of_many_leaves_against_numpy():
   # The norm sums per-leaf squares through one stacked vector behind an optimization barrier
-  # (a compile-time fast path): check it jitted, vmapped and differentiated on 300 leaves.
+  # (a compile-time fast path): check it jitted and vmapped on 300 leaves, differentiated on
+  # 60 (the same code; compiling the gradient of 300 takes seconds).
   rng = np.random.default_rng(0)
   leaves = {f"w{i:03d}": rng.normal(size=(i % 7 + 1, 3)).astype(np.float32) for i in range(300)}
   flat = np.concatenate([x.astype(np.float64).ravel() for x in leaves.values()])
   norm = np.linalg.norm(flat)
   tree = jax.tree.map(jnp.asarray, leaves)
   np.testing.assert_allclose(float(jax.jit(gx.global_norm)(tree)), norm, rtol=1e-6)
-  grads = jax.grad(gx.global_norm)(tree)
-  for k, x in leaves.items():
-    np.testing.assert_allclose(grads[k], x / norm, rtol=1e-5, atol=1e-7)
+  some = dict(list(leaves.items())[:60])
+  some_norm = np.linalg.norm(np.concatenate([x.astype(np.float64).ravel()
+                                             for x in some.values()]))
+  grads = jax.jit(jax.grad(gx.global_norm))(jax.tree.map(jnp.asarray, some))
+  for k, x in some.items():
+    np.testing.assert_allclose(grads[k], x / some_norm, rtol=1e-5, atol=1e-7)
   batch = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tree)
-  np.testing.assert_allclose(jax.vmap(gx.global_norm)(batch), [norm, 2 * norm], rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.vmap(gx.global_norm))(batch), [norm, 2 * norm],
+                             rtol=1e-6)
 
 
 def test_gradient_noise_reproducible_and_annealed():
