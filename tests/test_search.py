@@ -397,19 +397,29 @@ def _rosenbrock_reference(make_ref, start, learning_rates, steps):
   return np.array(out)
 
 
-@pytest.mark.parametrize("name", list(REFERENCES))
-def test_population_slots_train_like_float64_references(name):
-  # The population's slot state (per-candidate EMAs, Adam's moments) against the float64 NumPy
-  # reference of each known rule (tests/reference.py), over 50 steps on Rosenbrock at three
-  # learning rates, in float64; both layouts. Observed: ≤ 6e-8 (the float32 output rounding).
+@pytest.fixture(scope="module")
+def rosenbrock64():
+  """Float64 2-D Rosenbrock (50 steps), its Evaluator at three small rates and the ungated
+  candidates-first program, jitted once for every case of the test below: the rule is an
+  argument of the programs, not part of them."""
   from gradxform.search import _slots as slots
   with jax.enable_x64(True):
     task = _f64(search.rosenbrock(2, steps=STEPS))
     ev = search.Evaluator(task, (3e-4, 1e-3, 3e-3))
+  first = jax.jit(lambda r, l: slots.population_losses(task, r, l, candidates_last=False))
+  return task, ev, first
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_population_slots_train_like_float64_references(name, rosenbrock64):
+  # The population's slot state (per-candidate EMAs, Adam's moments) against the float64 NumPy
+  # reference of each known rule (tests/reference.py), over 50 steps on Rosenbrock at three
+  # learning rates, in float64; both layouts. Observed: ≤ 6e-8 (the float32 output rounding).
+  task, ev, first_layout = rosenbrock64
+  with jax.enable_x64(True):
     pop = ev.population(np.array([K[name]]))[0]                # candidates last (2 parameters)
     rules = jnp.asarray(np.repeat(np.array([K[name]], np.int32), 3, 0))
-    first = np.asarray(jax.jit(lambda r, l: slots.population_losses(
-        task, r, l, candidates_last=False))(rules, ev.learning_rates))
+    first = np.asarray(first_layout(rules, ev.learning_rates))
   want = _rosenbrock_reference(REFERENCES[name], task.params, np.asarray(ev.learning_rates),
                                STEPS)
   ok = np.isfinite(want)
