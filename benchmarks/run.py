@@ -282,13 +282,25 @@ def device_info() -> dict[str, Any]:
   }
 
 
-def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, warmup: int,
-              seed: int, state_dtype: Any, snapshot: list[Any] | None = None,
-              param_dtype: Any = jnp.float32) -> dict[str, Any]:
-  """Compiles and times one library's step; with `snapshot` (a list), appends the params after
-  `CHECK_STEPS` steps of the compiled step (as NumPy arrays) for `max_rel_diff`."""
+def start_trees(shapes: list[Any], seed: int, param_dtype: Any) -> tuple[Any, Any]:
+  """The params and grads `bench_one` starts from."""
   params = make_tree(shapes, seed, param_dtype)
   grads = jax.tree.map(lambda p: 0.1 * p + 1e-3, make_tree(shapes, seed + 1, param_dtype))
+  return params, grads
+
+
+def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, warmup: int,
+              seed: int, state_dtype: Any, snapshot: list[Any] | None = None,
+              param_dtype: Any = jnp.float32, start: tuple[Any, Any] | None = None
+              ) -> dict[str, Any]:
+  """Compiles and times one library's step; with `snapshot` (a list), appends the params after
+  `CHECK_STEPS` steps of the compiled step (as NumPy arrays) for `max_rel_diff`. `start`: a
+  host copy of `start_trees(shapes, seed, param_dtype)` to reuse (copied to the device here:
+  the step donates its inputs); None makes the trees."""
+  if start is None:
+    params, grads = start_trees(shapes, seed, param_dtype)
+  else:
+    params, grads = jax.tree.map(jnp.array, start)
   size = np.dtype(param_dtype).itemsize  # bytes a word
   tx = build(lib, opt, state_dtype)
   state = tx.init(params)
@@ -499,16 +511,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   rows = []
   for tree_name, fn in trees.items():
     shapes = fn()
+    # --quick: the tiny trees are made once per tree (host copies; a full-size tree is made
+    # anew by each run, and collected after it, to keep one copy in memory at a time).
+    start = (jax.device_get(start_trees(shapes, args.seed, jnp.dtype(args.param_dtype)))
+             if args.quick else None)
     for opt in opts:
       snapshots: list[Any] | None = [] if args.check and len(libs) > 1 else None
       for lib in libs:
         row = bench_one(lib, opt, tree_name, shapes, reps, warmup, args.seed, args.state_dtype,
-                        snapshots, jnp.dtype(args.param_dtype))
+                        snapshots, jnp.dtype(args.param_dtype), start)
         row["kind"] = "step"
         row["fraction_of_reference_bandwidth"] = row["achieved_bytes_per_s"] / ref
         rows.append(row)
         emit(row)
-        gc.collect()
+        if not args.quick:
+          gc.collect()
       if args.torch_python and opt in TORCH_OPTIMIZERS and args.param_dtype == "float32":
         row = bench_torch(args.torch_python, opt, tree_name, shapes, reps, warmup, args.seed)
         row["kind"] = "step"
