@@ -80,7 +80,7 @@ def test_search_mlp_bound_quick():
                                                 "search_mlp.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  (row,) = module.main(["--quick", "--population", "64", "--repeats", "1"])
+  (row,) = module.main(["--quick", "--population", "4", "--repeats", "1"])
   assert row["params"] == 64 * 8 + 8 + 8 * 10 + 10 and (row["hidden"], row["samples"]) == (8, 16)
   assert all(math.isfinite(v) and v > 0 for v in row.values())
 
