@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     return {"benchmark": _benchmark(search, args.quick)}
   if args.quick:
     tasks = [search.logistic_regression(0, steps=30), search.rosenbrock(2, steps=50)]
-    held = [search.logistic_regression(1, steps=30), search.rosenbrock(2, seed=1, steps=50)]
+    held = [search.rosenbrock(2, seed=1, steps=50)]     # one held-out task: a compile less
     lrs = tuple(10.0 ** np.arange(-4, 1))
     args.budget, args.population, args.tournament = min(args.budget, 64), 16, 4
   else:
