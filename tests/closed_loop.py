@@ -257,17 +257,18 @@ def assert_all_zero(tree):
 
 def assert_inject_equals_plain(factory: Callable, kwargs: Mapping[str, Any], *,
                                rate: str | None = "learning_rate", run_fn: Callable = run,
-                               zero_value: Any = None):
+                               zero_value: Any = None, atol: float = 1e-7):
   """`inject_hyperparams(factory)(**kwargs)` injects exactly `kwargs`, takes the plain
   optimizer's steps (3 steps of `run_fn`, `run`'s signature and results; to 2e-6 relative),
   and with `rate` set to 0 in its state takes no step (skipped with `rate=None`).
-  `zero_value`: the loss passed to that last step, for the optimizers that need it.
+  `zero_value`: the loss passed to that last step, for the optimizers that need it; `atol`:
+  the steps' absolute tolerance.
   """
   injected = gx.inject_hyperparams(factory)(**kwargs)
   assert set(injected.init(params()).hyperparams) == set(kwargs)
   plain_out = run_fn(factory(**kwargs), params())[0]
   injected_out = run_fn(injected, params())[0]
-  assert_steps_close(plain_out, injected_out)
+  assert_steps_close(plain_out, injected_out, atol=atol)
   if rate is None:
     return
   state = injected.init(params())

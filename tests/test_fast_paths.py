@@ -92,10 +92,11 @@ def test_jitted_step_equals_plain_per_leaf_step(name, params):
 def test_flatten_equals_per_leaf(name, params):
   """gx.flatten (one buffer per dtype) gives the per-leaf result up to float32 rounding: XLA
   vectorizes (and contracts into FMAs) the long buffer differently from short leaves, and the
-  clipped chain sums the global norm in another order; observed differences are 1 ulp."""
+  clipped chain sums the global norm in another order; observed differences are 1 ulp at
+  XLA's default optimization level, 1.8e-6 (15 ulps of the clipped update) at LLVM -O0."""
   flat, _ = run(gx.flatten(GX[name]()), params, 3, jit=True)
   leafwise, _ = run(GX[name](), params, 3, jit=True)
-  assert max_rel_diff(flat, leafwise) < 1e-6
+  assert max_rel_diff(flat, leafwise) < 5e-6
 
 
 #: The layouts compared with Optax: per leaf, and `gx.flatten` packing only the leaves of at

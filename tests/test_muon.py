@@ -214,7 +214,9 @@ def test_check_transform():
 
 def test_inject_hyperparams_equals_plain_and_injects():
   kwargs = dict(learning_rate=0.01, beta=0.9, eps=1e-6, weight_decay=0.1)
-  cl.assert_inject_equals_plain(gx.muon, kwargs, run_fn=_run)
+  # Newton-Schulz's five float32 matrix iterations: the two programs (hyperparameters as
+  # arrays or as constants) round apart by up to 1.2e-7 on updates of ~1e-2 (LLVM -O0)
+  cl.assert_inject_equals_plain(gx.muon, kwargs, run_fn=_run, atol=3e-7)
 
 
 def test_equal_by_value():

@@ -32,8 +32,10 @@ CASES = {
         (lambda: gx.dog(), lambda: oc.dog()),
         (lambda: gx.dog(0.7, ("distance", 1e-2), 1e-6, 0.05, MASK),
          lambda: oc.dog(0.7, ("distance", 1e-2), 1e-6, 0.05, MASK)),
-        (lambda: gx.dog(gx.linear_schedule(1.0, 0.5, 20), ("learning_rate", 1e-2)),
-         lambda: oc.dog(optax.linear_schedule(1.0, 0.5, 20), ("learning_rate", 1e-2))),
+        # 16 transition steps: every value of the schedule (float32, also under x64) is exact,
+        # so the comparison does not depend on how XLA rounds it (FMA or not)
+        (lambda: gx.dog(gx.linear_schedule(1.0, 0.5, 16), ("learning_rate", 1e-2)),
+         lambda: oc.dog(optax.linear_schedule(1.0, 0.5, 16), ("learning_rate", 1e-2))),
     ],
     "dowg": [
         (lambda: gx.dowg(), lambda: oc.dowg()),

@@ -545,8 +545,8 @@ def value_and_grad_from_state(value_fn: Callable[..., Any]) -> Callable[..., tup
     ...   updates, state = tx.update(grad, state, p, value=value, grad=grad, value_fn=f)
     ...   p = gx.apply_updates(p, updates)
     >>> value, grad = value_and_grad(p, state=state)   # stored by the line search: no call
-    >>> bool(value == state[2].value), f"{float(value):.1e}"
-    (True, '7.1e-14')
+    >>> bool(value == state[2].value), bool(value < 1e-12)   # f(p) at L-BFGS's second iterate
+    (True, True)
 
   References:
     Nocedal & Wright, "Numerical optimization", Springer 1999, ch. 3 (a Wolfe line search
