@@ -4,8 +4,9 @@ The reference is the per-leaf chain run eagerly (op by op, as its equations read
 `apply_updates`; the fused pass, which runs the same operations in the same order, must equal
 it to float32 rounding (here: to 1e-6, it is bit-equal on the machines we ran), and a NumPy
 float64 Adam/AdamW written from the papers checks both. Where the kernel does not apply (other
-dtypes, masks, int8 state, complex parameters, a part that only claims to be elementwise) the
-step must be exactly update-then-apply, with no kernel in the program.
+dtypes, a masked part with slots of its own, int8 state, complex parameters, a part that only
+claims to be elementwise) the step must be exactly update-then-apply, with no kernel in the
+program.
 """
 
 from __future__ import annotations
