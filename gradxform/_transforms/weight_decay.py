@@ -10,19 +10,8 @@ from gradxform import _check, _numerics, _tree
 from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, elementwise,
                              leafwise, next_count, require_params, step_count, transform,
                              trees_checked)
-from gradxform._wrappers.masked import Mask, resolve_flags
+from gradxform._wrappers.masked import Mask, resolve_flags, variants_by_mask
 
-
-
-def _variants(where: str, mask: Mask, on: Callable[[], GradientTransformation],
-              off: Callable[[], GradientTransformation]) -> Callable[[Any], list[Any]]:
-  """A masked decay's variants per leaf (see `leafwise`): the unmasked decay `on()` where the
-  mask holds, `off()` (the same state, no decay) elsewhere."""
-  def variants(params):
-    decay, keep = elementwise(on()), elementwise(off())
-    return [decay if f else keep for f in resolve_flags(where, mask, params)]
-
-  return variants
 
 
 class WeightDecayState(NamedTuple):
@@ -108,8 +97,8 @@ def decoupled_weight_decay(rate: ScalarOrSchedule,
   tx = _add_scaled_params(where, rate, mask)
   if mask is None:
     return elementwise(tx)
-  return leafwise(tx, _variants(where, mask, lambda: decoupled_weight_decay(rate),
-                                lambda: decoupled_weight_decay(rate, mask=False)))
+  return leafwise(tx, variants_by_mask(where, mask, lambda: decoupled_weight_decay(rate),
+                                       lambda: decoupled_weight_decay(rate, mask=False)))
 
 
 @transform(shares_count=True, hyperparams=("weight_decay",))
@@ -141,5 +130,5 @@ def add_l2_penalty(weight_decay: ScalarOrSchedule,
   tx = _add_scaled_params(where, rate, mask)
   if mask is None:
     return elementwise(tx)
-  return leafwise(tx, _variants(where, mask, lambda: add_l2_penalty(weight_decay),
-                                lambda: add_l2_penalty(weight_decay, mask=False)))
+  return leafwise(tx, variants_by_mask(where, mask, lambda: add_l2_penalty(weight_decay),
+                                       lambda: add_l2_penalty(weight_decay, mask=False)))

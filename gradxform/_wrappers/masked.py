@@ -94,6 +94,18 @@ def merge(base: Any, parts: list[tuple[list[bool], Any]]) -> Any:
   return treedef.unflatten(out)
 
 
+def variants_by_mask(where: str, mask: Mask, on: Callable[[], GradientTransformation],
+                     off: Callable[[], GradientTransformation]) -> Callable[[Any], list[Any]]:
+  """A masked part's variants per leaf of params (`gradxform._base.leafwise`): `on()` where
+  `mask` holds, `off()` (the same state, no change to the updates) elsewhere, each declared
+  elementwise and made once per call."""
+  def variants(params):
+    yes, no = elementwise(on()), elementwise(off())
+    return [yes if f else no for f in resolve_flags(where, mask, params)]
+
+  return variants
+
+
 def inner_extra(extra: dict[str, Any], flags: list[bool] | None) -> dict[str, Any]:
   """The `**extra` a wrapper forwards: no `count`, `grad` restricted to the same view."""
   extra = dict(extra)
@@ -168,9 +180,5 @@ def masked(inner: GradientTransformation, mask: Mask | Callable[[Any], Any]
   tx = GradientTransformation(init, update)
   if not all_elementwise(inner):
     return tx
-
-  def variants(params):  # `inner` on the masked leaves, a pass-through on the others
-    on, off = elementwise(masked(inner, True)), elementwise(masked(inner, False))
-    return [on if f else off for f in resolve_flags(where, mask, params)]
-
-  return leafwise(tx, variants)
+  return leafwise(tx, variants_by_mask(where, mask, lambda: masked(inner, True),
+                                       lambda: masked(inner, False)))
