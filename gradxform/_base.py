@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, NamedTuple, Protocol, Sequence, Union
+from typing import Any, Callable, Hashable, NamedTuple, Protocol, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -145,19 +145,25 @@ def elementwise(tx: GradientTransformation) -> GradientTransformation:
   return _declare(tx, elementwise=True)
 
 
-def leafwise(tx: GradientTransformation,
-             variants: Callable[[Params], list[GradientTransformation]]) -> GradientTransformation:
+class LeafVariants(NamedTuple):
+  """How a leafwise part acts on each leaf (`leafwise`)."""
+  keys: Callable[[Params], list[Any]]    # params -> a hashable key per leaf, in leaves order
+  variant: Callable[[Any], GradientTransformation]  # key -> an elementwise transform
+
+
+def leafwise(tx: GradientTransformation, keys: Callable[[Params], list[Any]],
+             variant: Callable[[Any], GradientTransformation]) -> GradientTransformation:
   """Declares that `tx` acts on each leaf as one of a few elementwise transforms (private).
 
-  `variants(params)` gives, for each leaf of `params` in `jax.tree.leaves` order, a transform
-  declared elementwise that does on that leaf what `tx` does there: a masked weight decay is
-  the decay on its masked leaves and a pass-through on the others. Every variant's state has
-  the structure of `tx`'s and the same scalars (counters advance alike); a variant need not
-  be a new object per leaf (leaves given the same object share a fused program). Then `tx`
-  takes part in a chain's fused tail (`update_and_apply`) like an elementwise part; where the
-  variants' states differ in their slots (a masked momentum) the step is the two calls.
+  `keys(params)` gives a hashable key for each leaf of `params` in `jax.tree.leaves` order, and
+  `variant(key)` a transform declared elementwise that does on the leaves of that key what `tx`
+  does there: a masked weight decay has keys True and False, and its variants are the decay
+  and a pass-through. Every variant's state has the structure of `tx`'s and the same scalars
+  (counters advance alike). Then `tx` takes part in a chain's fused tail (`update_and_apply`)
+  like an elementwise part, the leaves of one key sharing a program; where the variants'
+  states differ in their slots (a masked momentum) the step is the two calls.
   """
-  return _declare(tx, leaf_variants=variants)
+  return _declare(tx, leaf_variants=LeafVariants(keys, variant))
 
 
 def _declare(tx: GradientTransformation, **declared: Any) -> GradientTransformation:
@@ -176,9 +182,37 @@ def all_elementwise(tx: GradientTransformation) -> bool:
   """Whether `tx` is declared elementwise, or is a chain of such parts only: a wrapper that
   adds elementwise arithmetic and slots of its own to it (schedule-free, lookahead) is then
   elementwise too."""
+  return all(meta(t, "elementwise") for t in _leaf_parts(tx))
+
+
+def _leaf_parts(tx: GradientTransformation) -> list[GradientTransformation]:
+  """The parts of `tx` that run one after another: a chain's flat parts, else `tx` itself."""
   flat = meta(tx, "flat_chain")
-  return all(meta(t, "elementwise") for t in flat.parts) if flat else bool(
-      meta(tx, "elementwise"))
+  return list(flat.parts) if flat else [tx]
+
+
+def declare_around(tx: GradientTransformation, inner: GradientTransformation,
+                   rebuild: Callable[[Any], GradientTransformation]
+                   ) -> GradientTransformation:
+  """Declares `tx`, a wrapper whose own arithmetic is elementwise, by what `inner` is.
+
+  Elementwise when every part of `inner` is (see `all_elementwise`). Leafwise when each is
+  elementwise or leafwise and `inner`'s leafwise parts see the wrapper's own params: a leaf's
+  key is the tuple of their keys there, and `rebuild(key)` must give the wrapper around
+  `substitute(inner, key)` (each leafwise part replaced by its variant). Otherwise `tx` as it
+  is (its step is the two calls).
+  """
+  parts = _leaf_parts(inner)
+  if all(meta(t, "elementwise") for t in parts):
+    return elementwise(tx)
+  if not all(fusable(t) for t in parts):
+    return tx
+  per_part = [meta(t, "leaf_variants") for t in parts if meta(t, "leaf_variants")]
+
+  def keys(params: Params) -> list[Any]:
+    return list(zip(*[v.keys(params) for v in per_part]))
+
+  return leafwise(tx, keys, lambda key: elementwise(rebuild(key)))
 
 
 def transform(factory: Callable[..., GradientTransformation] | None = None, *,
@@ -580,11 +614,18 @@ class _Chain:
     if route and grad is None:
       params, states[-1] = route(updates, states[-1], params)
       return params, _nest(self.layout, states)
-    if start < n and not route:
+    while start < n and not route:
       fused = program.apply(self, start, updates, states[start:], params, extra, grad, count)
       if fused is not None:
         params, states[start:] = fused
         return params, _nest(self.layout, states)
+      # A leafwise part whose variants keep different slots (a masked momentum) cannot share
+      # one layout: it runs as a part, and the parts after it may still fuse.
+      after = next((i + 1 for i in range(start, n) if meta(self.parts[i], "leaf_variants")),
+                   n)
+      updates, grad = self._run(range(start, after), updates, states, params, extra, grad,
+                                count)
+      start = after
     updates, _ = self._run(range(start, n), updates, states, params, extra, grad, count)
     return apply_updates(params, updates), _nest(self.layout, states)
 
@@ -646,6 +687,23 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
   return GradientTransformation(
       flat.init, Fn(update, None, chain_parts={"parts": tuple(parts), "names": tuple(names)},
                     flat_chain=flat))
+
+
+def substitute(tx: GradientTransformation, key: tuple[Hashable, ...]) -> GradientTransformation:
+  """`tx` with its leafwise parts (in the order of a chain's flat parts) replaced by their
+  variants for `key`'s entries, one entry each; chains are rebuilt with the same nesting, so
+  the state keeps its layout (see `declare_around`)."""
+  entries = iter(key)
+
+  def walk(t: GradientTransformation) -> GradientTransformation:
+    sub = meta(t, "chain_parts")
+    if sub:
+      parts = [walk(p) for p in sub["parts"]]
+      return chain(*parts) if sub["names"] is None else named_chain(*zip(sub["names"], parts))
+    variants = meta(t, "leaf_variants")
+    return variants.variant(next(entries)) if variants else t
+
+  return walk(tx)
 
 
 # ---------------------------------------------------------------------------------------------

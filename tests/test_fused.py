@@ -4,9 +4,9 @@ The reference is the per-leaf chain run eagerly (op by op, as its equations read
 `apply_updates`; the fused pass, which runs the same operations in the same order, must equal
 it to float32 rounding (here: to 1e-6, it is bit-equal on the machines we ran), and a NumPy
 float64 Adam/AdamW written from the papers checks both. Where the kernel does not apply (other
-dtypes, a masked part with slots of its own, int8 state, complex parameters, a part that only
-claims to be elementwise) the step must be exactly update-then-apply, with no kernel in the
-program.
+dtypes, a masked part with slots of its own at the end, int8 state, complex parameters, a
+part that only claims to be elementwise) the step must be exactly update-then-apply, with no
+kernel in the program.
 """
 
 from __future__ import annotations
@@ -142,6 +142,19 @@ FUSABLE = {
         gx.scale_by_rms(0.99), gx.masked(gx.clip(0.05), {"w": False, "b": True, "s": True,
                                                          "deep": False}),
         gx.scale_by_learning_rate(1e-2)),
+    # a masked part with slots runs as its own part; the parts after it fuse
+    "masked_momentum_then_adam": lambda: gx.chain(
+        gx.masked(gx.scale_by_momentum(0.9), {"w": True, "b": False, "s": True, "deep": False}),
+        gx.adamw(1e-2, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))),
+    # wrappers around an optimizer with a mask: one program per decay variant
+    "inject_hyperparams_masked_adamw": lambda: gx.inject_hyperparams(gx.adamw)(
+        learning_rate=gx.cosine_decay_schedule(1e-2, 10), weight_decay=0.1,
+        mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+    "schedule_free_masked_adamw": lambda: gx.schedule_free(gx.adamw(
+        1e-2, b1=0.0, weight_decay=0.1, mask={"w": True, "b": False, "s": False, "deep": True}),
+        1e-2),
+    "lookahead_masked_lion": lambda: gx.lookahead(gx.lion(1e-3, weight_decay=0.1, mask={
+        "w": True, "b": False, "s": True, "deep": False}), 2, 0.5),
     "ademamix": lambda: gx.ademamix(1e-2, weight_decay=0.01),
     "simplified_ademamix": lambda: gx.simplified_ademamix(1e-2, alpha=2.0),
     "madgrad": lambda: gx.madgrad(1e-2, weight_decay=0.01),
@@ -288,13 +301,16 @@ def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
                      0 if not fuses else 4 if name in WITH_HEAD else 1)
 
 
+@pytest.mark.parametrize("injected", [False, True])
 @pytest.mark.parametrize("decayed, calls", [("matrices", 2), ("all", 1), ("none", 1)])
-def test_a_masked_decay_takes_one_program_per_variant(decayed, calls):
-  """`adamw(mask=...)` fuses whole: the decayed leaves run one program, the others one
-  without the decay; the numbers are the NumPy AdamW's, decayed where the mask says."""
+def test_a_masked_decay_takes_one_program_per_variant(decayed, calls, injected):
+  """`adamw(mask=...)` fuses whole, also inside `inject_hyperparams`: the decayed leaves run
+  one program, the others one without the decay; the numbers are the NumPy AdamW's, decayed
+  where the mask says."""
   params = {"w": tree()["w"], "b": tree()["b"], "k": tree()["deep"]["k"]}
   flags = {"matrices": {"w": True, "b": False, "k": True}, "all": True, "none": False}[decayed]
-  tx = gx.adamw(1e-2, weight_decay=0.1, mask=flags)
+  tx = (gx.inject_hyperparams(gx.adamw) if injected else gx.adamw)(
+      1e-2, weight_decay=0.1, mask=flags)
   assert program(tx, params).count(TARGET) == (calls if KERNELS_ON else 0)
   got, _ = fused(tx, params, 8)
   on = {k: flags if isinstance(flags, bool) else flags[k] for k in params}
@@ -303,11 +319,23 @@ def test_a_masked_decay_takes_one_program_per_variant(decayed, calls):
   chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-6)
 
 
-def test_injected_hyperparameters_change_without_recompiling_the_fused_step():
+@pytest.mark.parametrize("name", ["masked_momentum_then_adam", "inject_hyperparams_masked_adamw",
+                                  "schedule_free_masked_adamw", "lookahead_masked_lion"])
+def test_masks_inside_wrappers_and_after_a_masked_momentum_fuse_per_variant(name):
+  """Each of these steps runs two programs over `tree()`: its masked and unmasked leaves.
+  Inside `inject_hyperparams`, `schedule_free` and `lookahead` the wrapper's variant per leaf
+  wraps the optimizer's; a masked momentum (its unmasked leaves keep no slot) runs as a part
+  of its own, and the masked AdamW after it fuses. The numbers: `FUSABLE`'s test."""
+  assert program(FUSABLE[name](), tree()).count(TARGET) == (2 if KERNELS_ON else 0)
+
+
+@pytest.mark.parametrize("mask", [None, {"w": True, "b": False}])
+def test_injected_hyperparameters_change_without_recompiling_the_fused_step(mask):
   """Hyperparameters in the state are scalars of the fused program: new values, same
   executable, and each step equals the eager chain with the values of that step."""
+  chex.clear_trace_counter()  # the count is kept per source line, across parameters
   make = gx.inject_hyperparams(gx.adamw)
-  tx = make(learning_rate=1e-2, b1=0.9, weight_decay=0.1)
+  tx = make(learning_rate=1e-2, b1=0.9, weight_decay=0.1, mask=mask)
   params = {"w": tree()["w"], "b": tree()["b"]}
 
   @jax.jit
@@ -513,9 +541,10 @@ FALLBACK = {
         gx.adam(1e-2), gx.clip_by_global_norm(1.0)), jnp.float32),
     "a_reduction_declared_elementwise": (lambda: gx.chain(
         gx.scale_by_momentum(0.9), _sum_claiming_elementwise(), gx.scale(-0.1)), jnp.float32),
-    # masked and unmasked leaves would keep different slots
-    "a_masked_part_with_slots": (lambda: gx.chain(gx.masked(gx.scale_by_momentum(0.9), {
-        "w": True, "b": False, "s": True, "deep": False}), gx.scale(-0.1)), jnp.float32),
+    # masked and unmasked leaves would keep different slots, and nothing follows it
+    "a_masked_part_with_slots_last": (lambda: gx.chain(gx.scale(-0.1), gx.masked(
+        gx.scale_by_momentum(0.9), {"w": True, "b": False, "s": True, "deep": False})),
+        jnp.float32),
 }
 
 

@@ -322,12 +322,22 @@ class _Group(NamedTuple):
   instead: dict[int, Any]     # a leafwise part's index in the chain -> its variant here
 
 
-def _leaf_variants(chain: Any, start: int, params: Any, n: int) -> list[dict[int, Any]]:
-  """Per leaf, the variant that each leafwise part of the tail (`gradxform._base.leafwise`)
-  takes there: a masked weight decay is the decay on some leaves, a pass-through on others."""
-  per_part = {i: chain.parts[i].update.meta["leaf_variants"](params)
-              for i in range(start, len(chain.parts)) if meta(chain.parts[i], "leaf_variants")}
-  return [{i: variants[leaf] for i, variants in per_part.items()} for leaf in range(n)]
+def _leaf_variants(chain: Any, start: int, params: Any, n: int
+                   ) -> list[tuple[tuple[Any, ...], dict[int, Any]]]:
+  """Per leaf, the keys that the tail's leafwise parts (`gradxform._base.leafwise`) give it
+  and the variant each part takes there: a masked weight decay is the decay on some leaves, a
+  pass-through on others. Leaves of equal keys get the same variant objects."""
+  lw = {i: meta(chain.parts[i], "leaf_variants") for i in range(start, len(chain.parts))}
+  per_part = {i: v.keys(params) for i, v in lw.items() if v}
+  made: dict[tuple[int, Any], Any] = {}
+  out = []
+  for leaf in range(n):
+    keys = tuple((i, part_keys[leaf]) for i, part_keys in per_part.items())
+    for i, key in keys:
+      if (i, key) not in made:
+        made[i, key] = lw[i].variant(key)
+    out.append((keys, {i: made[i, key] for i, key in keys}))
+  return out
 
 
 def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
@@ -351,10 +361,9 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
                        for c in columns) or build.library() is None:
     return None
   groups: dict[tuple[Any, ...], _Group] = {}
-  for i, instead in enumerate(_leaf_variants(chain, start, params, len(leaves))):
+  for i, (keys, instead) in enumerate(_leaf_variants(chain, start, params, len(leaves))):
     dtypes = tuple(c[i].dtype for c in columns)
-    key = dtypes + tuple(id(v) for v in instead.values())
-    groups.setdefault(key, _Group([], dtypes, instead)).positions.append(i)
+    groups.setdefault(dtypes + keys, _Group([], dtypes, instead)).positions.append(i)
   plans: list[tuple[Any, ...]] = []
   for group in groups.values():  # every program first: no kernel call unless all can run
     plan = _plan(chain, start, group, columns, tree, states, count)

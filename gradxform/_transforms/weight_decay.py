@@ -8,9 +8,9 @@ import jax
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (EmptyState, GradientTransformation, ScalarOrSchedule, elementwise,
-                             leafwise, next_count, require_params, step_count, transform,
+                             next_count, require_params, step_count, transform,
                              trees_checked)
-from gradxform._wrappers.masked import Mask, resolve_flags, variants_by_mask
+from gradxform._wrappers.masked import Mask, leafwise_by_mask, resolve_flags
 
 
 
@@ -97,8 +97,8 @@ def decoupled_weight_decay(rate: ScalarOrSchedule,
   tx = _add_scaled_params(where, rate, mask)
   if mask is None:
     return elementwise(tx)
-  return leafwise(tx, variants_by_mask(where, mask, lambda: decoupled_weight_decay(rate),
-                                       lambda: decoupled_weight_decay(rate, mask=False)))
+  return leafwise_by_mask(tx, where, mask, lambda flag: decoupled_weight_decay(
+      rate, mask=None if flag else False))
 
 
 @transform(shares_count=True, hyperparams=("weight_decay",))
@@ -130,5 +130,5 @@ def add_l2_penalty(weight_decay: ScalarOrSchedule,
   tx = _add_scaled_params(where, rate, mask)
   if mask is None:
     return elementwise(tx)
-  return leafwise(tx, variants_by_mask(where, mask, lambda: add_l2_penalty(weight_decay),
-                                       lambda: add_l2_penalty(weight_decay, mask=False)))
+  return leafwise_by_mask(tx, where, mask, lambda flag: add_l2_penalty(
+      weight_decay, mask=None if flag else False))

@@ -33,10 +33,10 @@ from gradxform._base import (
   GradientTransformation,
   _accepts_extra,
   _as_transform,
-  all_elementwise,
-  elementwise,
+  declare_around,
   next_count,
   step_count,
+  substitute,
   transform,
 )
 from gradxform._equality import by_value
@@ -321,7 +321,10 @@ def _call(factory: Callable[..., Any], signature: inspect.Signature | None,
 
 @transform(shares_count=True)
 def _injected(factory: Callable[..., Any], arguments: tuple[tuple[str, Any], ...],
-              static_args: tuple[str, ...], hyperparam_dtype: Any) -> GradientTransformation:
+              static_args: tuple[str, ...], hyperparam_dtype: Any,
+              variant: tuple[Any, ...] | None = None) -> GradientTransformation:
+  """`inject_hyperparams(factory)(**arguments)`. With `variant` (a leaf's key, see
+  `declare_around`), the optimizer's leafwise parts are replaced by their variants for it."""
   where = f"inject_hyperparams({getattr(factory, '__name__', 'factory')})"
   try:
     signature = inspect.signature(factory)
@@ -352,7 +355,8 @@ def _injected(factory: Callable[..., Any], arguments: tuple[tuple[str, Any], ...
     return out
 
   def inner(hyperparams: dict[str, jax.Array]) -> GradientTransformation:
-    return _call(factory, signature, {**given, **hyperparams})
+    tx = _call(factory, signature, {**given, **hyperparams})
+    return tx if variant is None else substitute(tx, variant)
 
   def init(params):
     count = zero_count()
@@ -376,6 +380,7 @@ def _injected(factory: Callable[..., Any], arguments: tuple[tuple[str, Any], ...
                                            hyperparams=hyperparams, inner_state=inner_state)
 
   tx = GradientTransformation(init, update)
-  # Scalars in the state around an elementwise optimizer: elementwise too (fused by
-  # `update_and_apply`), whatever values the hyperparameters take.
-  return elementwise(tx) if all_elementwise(inner({})) else tx
+  # Scalars in the state around an elementwise (or leafwise) optimizer: the same, fused by
+  # `update_and_apply`, whatever values the hyperparameters take.
+  return declare_around(tx, inner({}), lambda key: _injected(
+      factory, arguments, static_args, hyperparam_dtype, key))

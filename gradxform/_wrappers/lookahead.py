@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (GradientTransformation, _as_transform, apply_updates,
-                             all_elementwise, elementwise, require_params, transform)
+                             declare_around, require_params, substitute, transform)
 from gradxform._wrappers.masked import inner_extra
 from gradxform._wrappers.state_access import params_from_state
 
@@ -111,7 +111,8 @@ def lookahead(fast_optimizer: GradientTransformation, sync_period: int, slow_ste
     return out, LookaheadState(fast_state=fast_state, slow=slow, steps_since_sync=steps)
 
   tx = GradientTransformation(init, update)
-  return elementwise(tx) if all_elementwise(fast) and not reset_state else tx
+  return tx if reset_state else declare_around(tx, fast, lambda key: lookahead(
+      substitute(fast, key), k, alpha))
 
 
 def lookahead_params(state: Any, params: Any) -> Any:

@@ -94,16 +94,12 @@ def merge(base: Any, parts: list[tuple[list[bool], Any]]) -> Any:
   return treedef.unflatten(out)
 
 
-def variants_by_mask(where: str, mask: Mask, on: Callable[[], GradientTransformation],
-                     off: Callable[[], GradientTransformation]) -> Callable[[Any], list[Any]]:
-  """A masked part's variants per leaf of params (`gradxform._base.leafwise`): `on()` where
-  `mask` holds, `off()` (the same state, no change to the updates) elsewhere, each declared
-  elementwise and made once per call."""
-  def variants(params):
-    yes, no = elementwise(on()), elementwise(off())
-    return [yes if f else no for f in resolve_flags(where, mask, params)]
-
-  return variants
+def leafwise_by_mask(tx: GradientTransformation, where: str, mask: Mask,
+                     variant: Callable[[bool], GradientTransformation]) -> GradientTransformation:
+  """`tx`, a part that acts where `mask` holds, declared leafwise (`gradxform._base.leafwise`):
+  a leaf's key is its flag, and `variant(flag)` (the same state as `tx`) acts there as `tx`."""
+  return leafwise(tx, lambda params: list(resolve_flags(where, mask, params)),
+                  lambda flag: elementwise(variant(flag)))
 
 
 def inner_extra(extra: dict[str, Any], flags: list[bool] | None) -> dict[str, Any]:
@@ -180,5 +176,4 @@ def masked(inner: GradientTransformation, mask: Mask | Callable[[Any], Any]
   tx = GradientTransformation(init, update)
   if not all_elementwise(inner):
     return tx
-  return leafwise(tx, variants_by_mask(where, mask, lambda: masked(inner, True),
-                                       lambda: masked(inner, False)))
+  return leafwise_by_mask(tx, where, mask, lambda flag: masked(inner, flag))

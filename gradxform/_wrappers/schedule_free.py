@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from gradxform import _check, _numerics, _tree
 from gradxform._base import (GradientTransformation, ScalarOrSchedule, _as_transform,
-                             all_elementwise, elementwise, require_params, transform)
+                             declare_around, require_params, substitute, transform)
 from gradxform._wrappers.masked import inner_extra
 from gradxform._wrappers.state_access import params_from_state
 
@@ -139,7 +139,8 @@ def schedule_free(base_optimizer: GradientTransformation, learning_rate: ScalarO
                                   max_lr=max_lr, base_optimizer_state=base_state, z=z)
 
   tx = GradientTransformation(init, update)
-  return elementwise(tx) if all_elementwise(base) else tx
+  return declare_around(tx, base, lambda key: schedule_free(
+      substitute(base, key), learning_rate, b1, weight_lr_power, state_dtype=state_dtype))
 
 
 def schedule_free_eval_params(state: Any, params: Any) -> Any:
