@@ -160,7 +160,8 @@ def build(lib: str, name: str, state_dtype: Any = None) -> Any:
   import optax
 
   import gradxform as gx
-  if lib in ("gx", "gx_fused", "gx_flatten", "gx_flatten_small"):
+  if lib in ("gx", "gx_fused", "gx_flatten", "gx_flatten_small", "gx_fused_flatten",
+             "gx_fused_flatten_small"):
     sd = {} if state_dtype is None else {"state_dtype": state_dtype}
     tx = {
         "adam": lambda: gx.adam(LR, **sd),
@@ -170,9 +171,9 @@ def build(lib: str, name: str, state_dtype: Any = None) -> Any:
                                        gx.adamw(LR, weight_decay=WD, **sd)),
         "muon": lambda: gx.muon(LR, weight_decay=WD, **sd),
     }[name]()
-    if lib == "gx_flatten_small":
+    if lib in ("gx_flatten_small", "gx_fused_flatten_small"):
       return gx.flatten(tx, max_leaf_size=FLATTEN_SMALL)
-    return gx.flatten(tx) if lib == "gx_flatten" else tx
+    return gx.flatten(tx) if lib in ("gx_flatten", "gx_fused_flatten") else tx
   if lib == "optax":
     return {
         "adam": lambda: optax.adam(LR),
@@ -190,7 +191,7 @@ def make_step(lib: str, tx: Any) -> Callable[..., Any]:
 
   import gradxform as gx
   apply = optax.apply_updates if lib == "optax" else gx.apply_updates
-  if lib == "gx_fused":
+  if lib in ("gx_fused", "gx_fused_flatten", "gx_fused_flatten_small"):
     return jax.jit(lambda params, state, grads: gx.update_and_apply(tx, grads, state, params),
                    donate_argnums=(0, 1))
 
@@ -412,7 +413,8 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
   by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
   for r in rows:
     by_key.setdefault((r["tree"], r["optimizer"]), {})[r["lib"]] = r
-  order = ["gx", "gx_fused", "gx_flatten", "gx_flatten_small", "optax", "torch_fused"]
+  order = ["gx", "gx_fused", "gx_flatten", "gx_flatten_small", "gx_fused_flatten",
+           "gx_fused_flatten_small", "optax", "torch_fused"]
   libs = sorted({r["lib"] for r in rows}, key=order.index)
   jax_libs = [lib for lib in libs if lib != "torch_fused"]
   head = ["tree", "leaves", "params", "optimizer"]
@@ -463,7 +465,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   ap.add_argument("--libs", default="gx,optax",
                   help="comma list from gx,optax,gx_flatten (gx.flatten(optimizer)),"
                        "gx_flatten_small (gx.flatten(optimizer, max_leaf_size=16384)), "
-                       "gx_fused (gx.update_and_apply: the fused CPU kernel where it applies)")
+                       "gx_fused (gx.update_and_apply: the fused CPU kernel where it applies), "
+                       "gx_fused_flatten, gx_fused_flatten_small (gx_flatten's and "
+                       "gx_flatten_small's optimizers by gx.update_and_apply)")
   ap.add_argument("--reps", type=int, default=None, help="timed steps (default 20; quick 3)")
   ap.add_argument("--warmup", type=int, default=None, help="untimed steps after compile")
   ap.add_argument("--state-dtype", default=None, help="gradxform state_dtype, e.g. bfloat16")

@@ -746,10 +746,13 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   and the state has the same layout. On CPU, the elementwise parts at the end of a chain
   (momentum, RMS, Adam's moments, bias correction, Lion, Adagrad, AMSGrad, sign rules, weight
   decay with or without a mask, the learning rate: those of SGD, Adam, AdamW, RMSprop, Lion
-  and most named optimizers, also after clipping or other parts, and `inject_hyperparams`
-  around them; see `elementwise`) run with the parameter step as one fused pass over all
-  leaves: each gradient, parameter and state slot is read once and written once, in place
-  when `params` and `state` are donated to the `jax.jit` around it. The pass is traced from
+  and most named optimizers, also after clipping or other parts, and `inject_hyperparams`,
+  `schedule_free` or `lookahead` around them; see `elementwise`) run with the parameter step
+  as one fused pass over all leaves: each gradient, parameter and state slot is read once and
+  written once, in place when `params` and `state` are donated to the `jax.jit` around it.
+  Wrappers with a step of their own take it: `partition` (each group fused), `zero1`,
+  `apply_if_finite`, `accumulate_gradients`, and `flatten` (its packed state read and
+  written at each leaf's offset, nothing concatenated). The pass is traced from
   the parts themselves and compiled once per machine; it needs float32, bfloat16 or float16
   leaves and a C++ compiler (`gx.kernel_status()` says whether it is available). Elsewhere
   the step is the two calls above. Under `jax.jit` with sharded arrays each device runs the
@@ -781,6 +784,33 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
       return params, state
   updates, state = tx.update(grads, state, params)
   return apply_updates(params, updates), state
+
+
+def fused_whole(tx: GradientTransformation, grads: Updates, state: OptState,
+                params: Params) -> tuple[Params, OptState] | None:
+  """`update_and_apply(tx, ...)` when all of `tx` runs as the fused pass, else None (and
+  nothing has run). `grads` and `params` may hold `_fused.program.Packed` leaves (a flatten's
+  packed buffers, never concatenated): only the shapes and dtypes of the leaves are checked."""
+  from gradxform._fused import program  # local: the fused kernels build on this module
+  flat = meta(tx, "flat_chain")
+  one = not isinstance(flat, _Chain)
+  if one:
+    if not fusable(tx):
+      return None
+    flat, state = _Chain("update_and_apply", [tx], None), (state,)
+  if flat.tail != 0:
+    return None
+
+  def spec(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
+
+  states, extra, grad, count = flat._start(spec(grads), state, spec(params), {})
+  fused = program.apply(flat, 0, grads, states, params, extra, grad, count)
+  if fused is None:
+    return None
+  params, states = fused
+  new_state = _nest(flat.layout, states)
+  return params, (new_state[0] if one else new_state)
 
 
 def kernel_status() -> str:

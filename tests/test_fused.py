@@ -181,6 +181,12 @@ FUSABLE = {
     "lamb_rate_after_the_trust_ratio": lambda: gx.lamb(1e-2, weight_decay=0.01),
     "inject_hyperparams_adamw": lambda: gx.inject_hyperparams(gx.adamw)(
         learning_rate=gx.cosine_decay_schedule(1e-2, 10), b1=0.8, weight_decay=0.1),
+    # flatten: the inner step's fused pass over the packed buffers and the large leaves
+    "flatten_adamw": lambda: gx.flatten(gx.adamw(1e-2, weight_decay=0.1)),
+    "flatten_small_leaves_lion": lambda: gx.flatten(gx.lion(1e-3, weight_decay=0.1),
+                                                    max_leaf_size=30),
+    "clip_then_flatten_sgd_momentum": lambda: gx.chain(
+        gx.clip_by_global_norm(1.0), gx.flatten(gx.sgd(1e-2, momentum=0.9))),
     # parameter groups: each group's own step (the decay only on matrices, as usual)
     "partition_decay_on_matrices": lambda: gx.partition(
         {"decay": gx.adamw(1e-2, weight_decay=0.1), "plain": gx.adam(3e-3, b1=0.8)},
@@ -257,7 +263,7 @@ def mixed_tree() -> dict:
 # and, below, those with a head of other parts, which run jitted, as in the two-call step.
 SIXTEEN_BIT = ["adam", "adamw", "sgd_momentum", "sgd_nesterov", "lion", "nadam", "adagrad",
                "rmsprop_centered_momentum", "yogi", "clip_by_value_then_l2_sgd",
-               "adamw_masked_decay"]
+               "adamw_masked_decay", "flatten_adamw"]
 SIXTEEN_BIT_STATE = {
     "adam_bfloat16_state": lambda: gx.adam(1e-2, state_dtype=jnp.bfloat16),
     "sgd_float16_state": lambda: gx.sgd(1e-2, momentum=0.9, state_dtype=jnp.float16),
@@ -482,6 +488,28 @@ def in_place_step(tx, params):
   return step
 
 
+def test_flatten_steps_every_leaf_in_place_without_packing_it():
+  """`flatten(tx, max_leaf_size)` under `update_and_apply`: the packed leaves (b, s, k and the
+  empty one, 90 elements) take one `gx_elementwise_packed` call that reads and writes each
+  parameter leaf where it is and the packed state at the leaf's offset (nothing concatenated
+  or sliced), the large leaf w its own call, written in place; the numbers and the state
+  (stored packed, as `update` keeps it) are the eager chain's."""
+  tx = gx.flatten(gx.adam(1e-2), max_leaf_size=100)
+  params = tree()
+  step = in_place_step(tx, params)
+  text = step.lower(params, tx.init(params), params).as_text()
+  assert (text.count("gx_elementwise_packed"), text.count(TARGET)) == (
+      (1, 2) if KERNELS_ON else (0, 0))
+  compiled = step.lower(params, tx.init(params), params).compile().as_text()
+  if KERNELS_ON:
+    assert not [ln for ln in compiled.splitlines() if "f32[90]" in ln and (
+        "concatenate(" in ln or "slice(" in ln)]
+  p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+  for t in range(3):
+    p, s = step(p, s, grads_at(t, params))
+  chex.assert_trees_all_close((p, s), reference(tx, params, 3), rtol=1e-6, atol=1e-7)
+
+
 def test_apply_if_finite_skips_bad_steps_inside_the_fused_step():
   """The inner step runs fused under a `lax.cond`: a step with a NaN gradient leaves the
   parameters and the inner state bit for bit as they were (no copy of them in the program),
@@ -620,9 +648,12 @@ def pick(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def test_vmap_over_a_batch_of_problems():
-  tx = gx.adam(1e-2)
-  batch = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(3, 5, 4)), jnp.float32)}
+@pytest.mark.parametrize("packed", [False, True])
+def test_vmap_over_a_batch_of_problems(packed):
+  tx = gx.flatten(gx.adam(1e-2)) if packed else gx.adam(1e-2)
+  rng = np.random.default_rng(2)
+  batch = {"w": jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32),
+           "b": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)}
   grads = jax.tree.map(lambda x: jnp.cos(x), batch)
   state = jax.vmap(tx.init)(batch)
   got_p, got_s = jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(

@@ -91,14 +91,16 @@ void Run(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64
   for (std::thread& h : helpers) h.join();
 }
 
+// The loop registered as `program`, or nullptr.
+Loop Find(std::string_view program) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  auto it = Registry().find(std::string(program));
+  return it == Registry().end() ? nullptr : it->second;
+}
+
 ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view program,
                  int64_t k) {
-  Loop loop = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(registry_mutex);
-    auto it = Registry().find(std::string(program));
-    if (it != Registry().end()) loop = it->second;
-  }
+  Loop loop = Find(program);
   if (loop == nullptr)
     return ffi::Error::Internal("gx_elementwise: program " + std::string(program) +
                                 " is not loaded in this process");
@@ -143,6 +145,73 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
   return ffi::Error::Success();
 }
 
+// `gx_elementwise_packed`: the same programs over the pieces of packed 1-D buffers
+// (`gx.flatten`'s state): each piece of the parameter and of the update is an array of its
+// own, while each state slot is one buffer holding every piece, piece j at `offsets[j]`
+// elements from its start. Operands: scalars f32[S], then per piece its k - s inputs (the
+// update, the parameter), then the s slot buffers. Results: per piece its new parameter,
+// then the s slots, aliased by the caller to those operands.
+ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
+                       std::string_view program, int64_t k, ffi::Span<const int64_t> offsets) {
+  Loop loop = Find(program);
+  if (loop == nullptr)
+    return ffi::Error::Internal("gx_elementwise_packed: program " + std::string(program) +
+                                " is not loaded in this process");
+  const int64_t n = static_cast<int64_t>(offsets.size());
+  const int64_t s = static_cast<int64_t>(rets.size()) - n, kl = k - s;
+  if (n < 1 || s < 0 || kl < 2 || static_cast<int64_t>(args.size()) != 1 + n * kl + s)
+    return ffi::Error::InvalidArgument("gx_elementwise_packed: operands do not match");
+  auto scalars = args.get<ffi::Buffer<ffi::F32>>(0);
+  if (scalars.has_error())
+    return ffi::Error::InvalidArgument("gx_elementwise_packed: operand 0 must be float32");
+  std::vector<char*> slot(s);
+  std::vector<int64_t> slot_size(s), slot_width(s);
+  for (int64_t j = 0; j < s; ++j) {
+    auto x = args.get<ffi::AnyBuffer>(1 + n * kl + j);
+    auto y = rets.get<ffi::AnyBuffer>(n + j);
+    if (x.has_error() || y.has_error() || !Stored(x->element_type()) ||
+        (*y)->element_type() != x->element_type() ||
+        (*y)->element_count() != x->element_count())
+      return ffi::Error::InvalidArgument("gx_elementwise_packed: a slot differs from its result");
+    slot[j] = static_cast<char*>((*y)->untyped_data());
+    slot_size[j] = static_cast<int64_t>((*y)->element_count());
+    slot_width[j] = static_cast<int64_t>(ffi::ByteWidth((*y)->element_type()));
+  }
+  std::vector<Leaf> leaves(n);
+  int64_t total = 0;
+  for (int64_t li = 0; li < n; ++li) {
+    Leaf& l = leaves[li];
+    l.buffers.resize(k);
+    for (int64_t i = 0; i < kl; ++i) {
+      auto x = args.get<ffi::AnyBuffer>(1 + li * kl + i);
+      if (x.has_error() || !Stored(x->element_type()))
+        return ffi::Error::InvalidArgument("gx_elementwise_packed: pieces must be f32, bf16 "
+                                           "or f16");
+      if (i == 0) l.n = x->element_count();
+      if (x->element_count() != l.n)
+        return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece's arrays differ");
+      if (i != 1) {
+        l.buffers[i] = x->untyped_data();  // read only
+        continue;
+      }
+      auto y = rets.get<ffi::AnyBuffer>(li);
+      if (y.has_error() || (*y)->element_count() != l.n ||
+          (*y)->element_type() != x->element_type())
+        return ffi::Error::InvalidArgument("gx_elementwise_packed: a result differs from its "
+                                           "operand");
+      l.buffers[i] = (*y)->untyped_data();
+    }
+    for (int64_t j = 0; j < s; ++j) {
+      if (offsets[li] < 0 || offsets[li] + l.n > slot_size[j])
+        return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece lies outside a slot");
+      l.buffers[kl + j] = slot[j] + offsets[li] * slot_width[j];
+    }
+    total += l.n;
+  }
+  Run(loop, scalars->typed_data(), leaves, total);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Makes the compiled program `fn` callable as `name` (gradxform/_fused/build.py calls this).
@@ -157,3 +226,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwise, Apply,
                                   .RemainingRets()
                                   .Attr<std::string_view>("program")
                                   .Attr<int64_t>("k"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwisePacked, ApplyPacked,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<std::string_view>("program")
+                                  .Attr<int64_t>("k")
+                                  .Attr<ffi::Span<const int64_t>>("offsets"));

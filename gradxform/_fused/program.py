@@ -65,6 +65,26 @@ class _Unsupported(Exception):
   """The tail's trace holds something the kernel cannot compute exactly."""
 
 
+class Packed:
+  """A 1-D buffer that is `pieces` (arrays of any shapes) raveled and concatenated, never
+  materialized.
+
+  `gx.flatten`'s step hands its packed leaves to `apply` this way: the fused pass reads and
+  writes each piece of the parameter where it is, and the state's slots (which are stored
+  packed) at the piece's offset, so no concatenation or slicing runs (`gx_elementwise_packed`).
+  Not a pytree node: one leaf of the tree it is in.
+  """
+
+  def __init__(self, pieces: list[jax.Array]):
+    self.pieces = list(pieces)
+    self.dtype = jnp.dtype(self.pieces[0].dtype)
+    self.shape = (sum(int(np.size(x)) for x in self.pieces),)
+    self.ndim = 1
+
+  def sizes(self) -> list[int]:
+    return [int(np.size(x)) for x in self.pieces]
+
+
 class _Elem(NamedTuple):
   """A per-element value: the register that holds it."""
   reg: int
@@ -360,6 +380,11 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   if not leaves or any(len(c) != len(leaves) or not all(_stored(x) for x in c)
                        for c in columns) or build.library() is None:
     return None
+  if any(isinstance(x, Packed) for c in columns for x in c) and (raw is not None or any(
+      isinstance(p, Packed) != isinstance(g, Packed) or (isinstance(p, Packed) and (
+          p.sizes() != g.sizes() or any(map(_explicit, p.pieces + g.pieces))))
+      for p, g in zip(leaves, g_leaves))):
+    return None  # packed leaves: the update's pieces as the parameter's, no explicit mesh
   groups: dict[tuple[Any, ...], _Group] = {}
   for i, (keys, instead) in enumerate(_leaf_variants(chain, start, params, len(leaves))):
     dtypes = tuple(c[i].dtype for c in columns)
@@ -492,6 +517,27 @@ def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Ar
   if asynchronous:
     one = jax.lax.optimization_barrier(jnp.ones((), jnp.float32))  # a 1 XLA cannot fold away
     scalars = jnp.concatenate([scalars, jnp.arange(_ASYNC_FLOPS, dtype=jnp.float32) * one])
+  out: list[list[Any]] = [[None] * len(params) for _ in range(1 + len(slots))]
+  arrays = [i for i, p in enumerate(params) if not isinstance(p, Packed)]
+  for i in range(len(params)):
+    if i not in arrays:
+      for column, new in zip(out, _packed_kernel(name, scalars, params[i], g[i],
+                                                 [s[i] for s in slots])):
+        column[i] = new
+  if arrays:
+    pick = lambda xs: [xs[i] for i in arrays]  # noqa: E731
+    got = _leaf_calls(name, scalars, pick(params), pick(g), None if raw is None else pick(raw),
+                      [pick(s) for s in slots])
+    for column, values in zip(out, got):
+      for i, v in zip(arrays, values):
+        column[i] = v
+  return out
+
+
+def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Array],
+                raw: list[jax.Array] | None, slots: list[list[jax.Array]]
+                ) -> list[list[jax.Array]]:
+  """`_call` over leaves that are arrays: each leaf's arrays are operands of their own."""
   per_leaf = [[gi, pi] + ([raw[i]] if raw is not None else []) + [s[i] for s in slots]
               for i, (gi, pi) in enumerate(zip(g, params))]
   targets = _explicit_shardings(per_leaf)
@@ -545,6 +591,33 @@ def _kernel(name: str, k: int, r: int, written: list[int],
                             vmap_method="sequential")
     out += call(scalars, *chunk, program=name, k=np.int64(k))
   return out
+
+
+def _packed_kernel(name: str, scalars: jax.Array, p: Packed, g: Packed,
+                   slots: list[jax.Array]) -> list[Any]:
+  """Program `name` over packed buffers (`Packed` parameter and update, slots stored packed),
+  in `gx_elementwise_packed` calls of `_LEAVES_PER_CALL` pieces: each piece of the parameter
+  is written in place, each slot at the piece's offset; a call's slots are the next one's.
+
+  No sharding rule: where the pieces are sharded under `jax.jit`, XLA gathers the operands
+  (flatten's packed state is not laid out like the parameters to begin with)."""
+  offsets = np.concatenate([[0], np.cumsum(p.sizes())]).astype(np.int64)
+  pieces = []
+  for lo in range(0, len(p.pieces), _LEAVES_PER_CALL):
+    at = range(lo, min(len(p.pieces), lo + _LEAVES_PER_CALL))
+    operands = [x for j in at for x in (g.pieces[j], p.pieces[j])] + list(slots)
+    results = [jax.ShapeDtypeStruct(p.pieces[j].shape, p.dtype) for j in at] + [
+        jax.ShapeDtypeStruct(s.shape, s.dtype) for s in slots]
+    n = len(at)
+    aliases = {**{2 + 2 * m: m for m in range(n)},
+               **{1 + 2 * n + j: n + j for j in range(len(slots))}}
+    call = jax.ffi.ffi_call("gx_elementwise_packed", results, input_output_aliases=aliases,
+                            vmap_method="sequential")
+    got = call(scalars, *operands, program=name, k=np.int64(2 + len(slots)),
+               offsets=offsets[lo:lo + n])
+    pieces += got[:n]
+    slots = got[n:]
+  return [Packed(pieces), *slots]
 
 
 def _sharded(name: str, k: int, r: int, written: list[int],
@@ -608,5 +681,12 @@ def _sharded(name: str, k: int, r: int, written: list[int],
 
 
 def _stored(x: Any) -> bool:
-  """Whether `x` is an array of a dtype the kernel loads and stores."""
+  """Whether `x` is an array (or `Packed` arrays) of a dtype the kernel loads and stores."""
+  if isinstance(x, Packed):
+    return all(_stored(p) and p.dtype == x.dtype for p in x.pieces)
   return isinstance(x, jax.Array) and x.dtype in _STORAGE
+
+
+def _explicit(x: jax.Array) -> bool:
+  """Whether `x` lives on a mesh with explicit axes."""
+  return any(t == jax.sharding.AxisType.Explicit for t in jax.typeof(x).sharding.mesh.axis_types)
