@@ -125,6 +125,8 @@ def make_tree(shapes: list[tuple[str, tuple[int, ...]]], seed: int,
 LR, WD, MOMENTUM, MAX_NORM = 1e-3, 1e-2, 0.9, 1.0
 #: `gx_flatten_small`: `gx.flatten(tx, max_leaf_size=FLATTEN_SMALL)`, only small leaves packed.
 FLATTEN_SMALL = 1 << 14
+#: The `--libs` that time `gx.update_and_apply`.
+_FUSED_LIBS = ("gx_fused", "gx_fused_flatten", "gx_fused_flatten_small")
 
 #: Minimal words (4-byte f32 values) read + written per parameter by one step incl. apply.
 WORDS = {
@@ -191,7 +193,7 @@ def make_step(lib: str, tx: Any) -> Callable[..., Any]:
 
   import gradxform as gx
   apply = optax.apply_updates if lib == "optax" else gx.apply_updates
-  if lib in ("gx_fused", "gx_fused_flatten", "gx_fused_flatten_small"):
+  if lib in _FUSED_LIBS:
     return jax.jit(lambda params, state, grads: gx.update_and_apply(tx, grads, state, params),
                    donate_argnums=(0, 1))
 
@@ -420,11 +422,13 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
   head = ["tree", "leaves", "params", "optimizer"]
   for lib in libs:
     head += [f"{lib} step ms"] + ([f"{lib} compile s"] if lib != "torch_fused" else [])
+  # Ratios against Optax (and torch) for gx and each `update_and_apply` step measured.
+  fused = [lib for lib in _FUSED_LIBS if lib in libs]
   head += ["step gx/optax", "compile optax/gx"]
-  if "gx_fused" in libs:
-    head += ["step gx_fused/optax", "compile optax/gx_fused"]
+  for lib in fused:
+    head += [f"step {lib}/optax", f"compile optax/{lib}"]
   if "torch_fused" in libs:
-    head += ["step gx/torch"] + (["step gx_fused/torch"] if "gx_fused" in libs else [])
+    head += ["step gx/torch"] + [f"step {lib}/torch" for lib in fused]
   head += [f"gx BW / {bw_name}", "state B/param gx/optax", "kernels " + "/".join(jax_libs)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for (tree, opt), per in by_key.items():
@@ -435,14 +439,13 @@ def markdown(rows: list[dict[str, Any]], bw: float, bw_name: str) -> str:
       n = 1 if lib == "torch_fused" else 2
       cells += ([f"{r['step_s'] * 1e3:.3f}", f"{r['total_compile_s']:.2f}"][:n] if r
                 else ["", ""][:n])
-    gx, ox, tt, fu = (per.get(k) for k in ("gx", "optax", "torch_fused", "gx_fused"))
-    pairs = [(gx, ox)] + ([(fu, ox)] if "gx_fused" in libs else [])
-    for mine, theirs in pairs:
-      cells.append(f"{mine['step_s'] / theirs['step_s']:.2f}" if mine and theirs else "")
-      cells.append(f"{theirs['total_compile_s'] / mine['total_compile_s']:.2f}"
-                   if mine and theirs else "")
+    gx, ox, tt = (per.get(k) for k in ("gx", "optax", "torch_fused"))
+    for mine in [gx] + [per.get(lib) for lib in fused]:
+      cells.append(f"{mine['step_s'] / ox['step_s']:.2f}" if mine and ox else "")
+      cells.append(f"{ox['total_compile_s'] / mine['total_compile_s']:.2f}"
+                   if mine and ox else "")
     if "torch_fused" in libs:
-      for mine in [gx] + ([fu] if "gx_fused" in libs else []):
+      for mine in [gx] + [per.get(lib) for lib in fused]:
         cells.append(f"{mine['step_s'] / tt['step_s']:.2f}" if mine and tt else "")
     cells.append(f"{gx['achieved_bytes_per_s'] / bw:.2f}" if gx else "")
     cells.append(" / ".join(f"{per[lib]['state_bytes_per_param']:.2f}" for lib in ("gx", "optax")

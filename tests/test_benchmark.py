@@ -99,6 +99,35 @@ def test_torch_column_is_gradxform_over_torch(bench):
   assert cells["compile optax/gx"] == "2.00" and cells["kernels gx/optax"] == "3 / 3"
 
 
+def test_each_fused_step_gets_its_ratios(bench):
+  """With `gx_fused_flatten` (and torch) in the run: its step over Optax's and torch's."""
+  def row(lib, step_s, compile_s=1.0):
+    return {"lib": lib, "tree": "t", "optimizer": "adam", "leaves": 1, "params": 10,
+            "step_s": step_s, "total_compile_s": compile_s, "achieved_bytes_per_s": 1.0,
+            "state_bytes_per_param": 8.0, "kernels": 3}
+  rows = [row("gx_fused", 2e-3), row("gx_fused_flatten", 1e-3, 0.5), row("optax", 4e-3, 2.0),
+          row("torch_fused", 5e-3, 0.0)]
+  head, _, line = bench.markdown(rows, 1.0, "numpy_triad").splitlines()
+  cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in line.split("|")]))
+  assert cells["step gx_fused/optax"] == "0.50" and cells["step gx_fused_flatten/optax"] == "0.25"
+  assert cells["compile optax/gx_fused_flatten"] == "4.00"
+  assert cells["step gx_fused_flatten/torch"] == "0.20" and cells["step gx_fused/torch"] == "0.40"
+  assert cells["step gx/optax"] == ""                     # no gx row in this run
+
+
+def test_quick_run_of_the_fused_flatten_step(bench, tmp_path):
+  """`update_and_apply` over `gx.flatten(adam)` in the quick run: the same parameters as
+  Optax's after the check's steps (the packed loop's numbers, not only its speed)."""
+  jsonl = tmp_path / "out.jsonl"
+  rows = bench.main(["--quick", "--reps", "1", "--warmup", "0", "--trees", "quick_mixed",
+                     "--optimizers", "adam", "--libs", "gx_fused_flatten,optax", "--check",
+                     "--json", str(jsonl)])
+  assert [r["lib"] for r in rows] == ["gx_fused_flatten", "optax"]
+  assert rows[0]["kernels"] < rows[1]["kernels"]
+  (check,) = [r for r in map(json.loads, jsonl.read_text().splitlines()) if r["kind"] == "check"]
+  assert check["max_rel_param_diff"] < 1e-5, check
+
+
 def test_torch_step_failure_stops_with_its_message(bench, tmp_path):
   """A torch interpreter that fails (here a stand-in script) stops the run with its stderr."""
   fake = tmp_path / "python"

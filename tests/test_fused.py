@@ -757,6 +757,31 @@ def test_sharded_jit_runs_the_kernel_on_each_devices_shards(axis_type):
     assert "all-gather" not in hlo and "all-to-all" not in hlo
 
 
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_flatten_under_sharded_jit_equals_the_eager_chain(axis_type):
+  """`flatten`'s packed pass has no sharding rule: on an auto mesh XLA gathers its pieces and
+  it runs whole (`gx_elementwise_packed` in the program); on explicit axes the tree is packed
+  and the inner step runs on the packed buffers (there, leaves split differently cannot be
+  packed at all: `flatten`'s init concatenates them, so they are replicated here). The
+  numbers are the eager chain's either way."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = _mesh(axis_type)
+  rng = np.random.default_rng(6)
+  split = axis_type == "Auto"
+  params = {"w": jax.device_put(jnp.asarray(rng.normal(size=(16, 6)), jnp.float32),
+                                NamedSharding(mesh, P("d", "m") if split else P())),
+            "b": jax.device_put(jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+                                NamedSharding(mesh, P("d") if split else P()))}
+  tx = gx.flatten(gx.adamw(1e-2, weight_decay=0.1))
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+  text = step.lower(params, tx.init(params), grads_at(0, params)).as_text()
+  assert ("gx_elementwise_packed" in text) == (KERNELS_ON and axis_type == "Auto")
+  p, s = params, tx.init(params)
+  for t in range(3):
+    p, s = step(p, s, grads_at(t, params))
+  chex.assert_trees_all_close((p, s), reference(tx, params, 3), rtol=1e-6, atol=1e-7)
+
+
 def test_vmap_of_sharded_problems_steps_each_problems_shards():
   """A batch of problems, each split over the devices, each with its own step count: the
   kernel runs problem after problem on the local shards, nothing is gathered."""

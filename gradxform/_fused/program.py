@@ -78,8 +78,8 @@ class Packed:
   def __init__(self, pieces: list[jax.Array]):
     self.pieces = list(pieces)
     self.dtype = jnp.dtype(self.pieces[0].dtype)
-    self.shape = (sum(int(np.size(x)) for x in self.pieces),)
-    self.ndim = 1
+    self.size = sum(int(np.size(x)) for x in self.pieces)
+    self.shape, self.ndim = (self.size,), 1
 
   def sizes(self) -> list[int]:
     return [int(np.size(x)) for x in self.pieces]
