@@ -519,11 +519,10 @@ def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Ar
     scalars = jnp.concatenate([scalars, jnp.arange(_ASYNC_FLOPS, dtype=jnp.float32) * one])
   out: list[list[Any]] = [[None] * len(params) for _ in range(1 + len(slots))]
   arrays = [i for i, p in enumerate(params) if not isinstance(p, Packed)]
-  for i in range(len(params)):
-    if i not in arrays:
-      for column, new in zip(out, _packed_kernel(name, scalars, params[i], g[i],
-                                                 [s[i] for s in slots])):
-        column[i] = new
+  for i in (i for i, p in enumerate(params) if isinstance(p, Packed)):
+    for column, new in zip(out, _packed_kernel(name, scalars, params[i], g[i],
+                                               [s[i] for s in slots])):
+      column[i] = new
   if arrays:
     pick = lambda xs: [xs[i] for i in arrays]  # noqa: E731
     got = _leaf_calls(name, scalars, pick(params), pick(g), None if raw is None else pick(raw),
