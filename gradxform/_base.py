@@ -786,11 +786,12 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   return apply_updates(params, updates), state
 
 
-def fused_whole(tx: GradientTransformation, grads: Updates, state: OptState,
-                params: Params) -> tuple[Params, OptState] | None:
-  """`update_and_apply(tx, ...)` when all of `tx` runs as the fused pass, else None (and
-  nothing has run). `grads` and `params` may hold `_fused.program.Packed` leaves (a flatten's
-  packed buffers, never concatenated): only the shapes and dtypes of the leaves are checked."""
+def fused_packed(tx: GradientTransformation, grads: Updates, state: OptState, params: Params,
+                 unpack: Callable[[Any], Any]) -> tuple[Params, OptState] | None:
+  """`update_and_apply(tx, ...)` over a tree holding `_fused.program.Packed` leaves (a
+  flatten's packed buffers, never concatenated), or None where `tx`'s fused tail cannot run
+  over them (then what was traced is unused). The parts before the tail run on `unpack(grads)`
+  and `unpack(params)` (the buffers concatenated); the checks see only shapes and dtypes."""
   from gradxform._fused import program  # local: the fused kernels build on this module
   flat = meta(tx, "flat_chain")
   one = not isinstance(flat, _Chain)
@@ -798,17 +799,22 @@ def fused_whole(tx: GradientTransformation, grads: Updates, state: OptState,
     if not fusable(tx):
       return None
     flat, state = _Chain("update_and_apply", [tx], None), (state,)
-  if flat.tail != 0:
+  if flat.tail is None:
     return None
 
   def spec(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), tree)
 
+  start = flat.tail
   states, extra, grad, count = flat._start(spec(grads), state, spec(params), {})
-  fused = program.apply(flat, 0, grads, states, params, extra, grad, count)
+  updates = grads
+  if start:
+    updates, grad = flat._run(range(start), unpack(grads), states, unpack(params), extra, grad,
+                              count)
+  fused = program.apply(flat, start, updates, states[start:], params, extra, grad, count)
   if fused is None:
     return None
-  params, states = fused
+  params, states[start:] = fused
   new_state = _nest(flat.layout, states)
   return params, (new_state[0] if one else new_state)
 

@@ -185,6 +185,8 @@ FUSABLE = {
     "flatten_adamw": lambda: gx.flatten(gx.adamw(1e-2, weight_decay=0.1)),
     "flatten_small_leaves_lion": lambda: gx.flatten(gx.lion(1e-3, weight_decay=0.1),
                                                     max_leaf_size=30),
+    "flatten_clip_then_adamw": lambda: gx.flatten(gx.chain(
+        gx.clip_by_global_norm(1.0), gx.adamw(1e-2, weight_decay=0.1)), max_leaf_size=100),
     "clip_then_flatten_sgd_momentum": lambda: gx.chain(
         gx.clip_by_global_norm(1.0), gx.flatten(gx.sgd(1e-2, momentum=0.9))),
     # parameter groups: each group's own step (the decay only on matrices, as usual)
@@ -488,22 +490,26 @@ def in_place_step(tx, params):
   return step
 
 
-def test_flatten_steps_every_leaf_in_place_without_packing_it():
+@pytest.mark.parametrize("head", [False, True])
+def test_flatten_steps_every_leaf_in_place_without_packing_it(head):
   """`flatten(tx, max_leaf_size)` under `update_and_apply`: the packed leaves (b, s, k and the
   empty one, 90 elements) take one `gx_elementwise_packed` call that reads and writes each
-  parameter leaf where it is and the packed state at the leaf's offset (nothing concatenated
-  or sliced), the large leaf w its own call, written in place; the numbers and the state
-  (stored packed, as `update` keeps it) are the eager chain's."""
-  tx = gx.flatten(gx.adam(1e-2), max_leaf_size=100)
+  parameter leaf where it is and the packed state at the leaf's offset, the large leaf w its
+  own call, written in place. No parameter is packed or unpacked (no slice of a packed
+  buffer); with a clipping head inside the flatten, the gradients are (the head sees them
+  packed). The numbers and the state (stored packed, as `update` keeps it) are the eager
+  chain's."""
+  inner = gx.chain(gx.clip_by_global_norm(1.0), gx.adam(1e-2)) if head else gx.adam(1e-2)
+  tx = gx.flatten(inner, max_leaf_size=100)
   params = tree()
   step = in_place_step(tx, params)
   text = step.lower(params, tx.init(params), params).as_text()
   assert (text.count("gx_elementwise_packed"), text.count(TARGET)) == (
       (1, 2) if KERNELS_ON else (0, 0))
-  compiled = step.lower(params, tx.init(params), params).compile().as_text()
+  compiled = step.lower(params, tx.init(params), params).compile().as_text().splitlines()
   if KERNELS_ON:
-    assert not [ln for ln in compiled.splitlines() if "f32[90]" in ln and (
-        "concatenate(" in ln or "slice(" in ln)]
+    assert not [ln for ln in compiled if " slice(" in ln or "slice_fusion" in ln]
+    assert bool([ln for ln in compiled if "= f32[90]" in ln and "concatenate" in ln]) == head
   p, s = jax.tree.map(jnp.copy, params), tx.init(params)
   for t in range(3):
     p, s = step(p, s, grads_at(t, params))

@@ -146,52 +146,69 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
 }
 
 // `gx_elementwise_packed`: the same programs over the pieces of packed 1-D buffers
-// (`gx.flatten`'s state): each piece of the parameter and of the update is an array of its
-// own, while each state slot is one buffer holding every piece, piece j at `offsets[j]`
-// elements from its start. Operands: scalars f32[S], then per piece its k - s inputs (the
-// update, the parameter), then the s slot buffers. Results: per piece its new parameter,
-// then the s slots, aliased by the caller to those operands.
+// (`gx.flatten`'s state): each piece of the parameter is an array of its own, written in
+// place, while each state slot is one buffer holding every piece, piece j at `offsets[j]`
+// elements from its start. The update is per piece too, or (`shared_update`) one packed
+// buffer read at the same offsets. Operands: scalars f32[S], then per piece its own arrays
+// (the update unless shared, the parameter), then the packed buffers (the update if shared,
+// then the s slots). Results: per piece its new parameter, then the s slots, aliased by the
+// caller to those operands.
 ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
-                       std::string_view program, int64_t k, ffi::Span<const int64_t> offsets) {
+                       std::string_view program, int64_t k, int64_t shared_update,
+                       ffi::Span<const int64_t> offsets) {
   Loop loop = Find(program);
   if (loop == nullptr)
     return ffi::Error::Internal("gx_elementwise_packed: program " + std::string(program) +
                                 " is not loaded in this process");
   const int64_t n = static_cast<int64_t>(offsets.size());
-  const int64_t s = static_cast<int64_t>(rets.size()) - n, kl = k - s;
-  if (n < 1 || s < 0 || kl < 2 || static_cast<int64_t>(args.size()) != 1 + n * kl + s)
+  const int64_t s = static_cast<int64_t>(rets.size()) - n;  // slots
+  const int64_t own = shared_update ? 1 : 2;                 // arrays of each piece
+  if (n < 1 || s < 0 || k != 2 + s ||
+      static_cast<int64_t>(args.size()) != 1 + n * own + (2 - own) + s)
     return ffi::Error::InvalidArgument("gx_elementwise_packed: operands do not match");
   auto scalars = args.get<ffi::Buffer<ffi::F32>>(0);
   if (scalars.has_error())
     return ffi::Error::InvalidArgument("gx_elementwise_packed: operand 0 must be float32");
-  std::vector<char*> slot(s);
-  std::vector<int64_t> slot_size(s), slot_width(s);
-  for (int64_t j = 0; j < s; ++j) {
-    auto x = args.get<ffi::AnyBuffer>(1 + n * kl + j);
-    auto y = rets.get<ffi::AnyBuffer>(n + j);
-    if (x.has_error() || y.has_error() || !Stored(x->element_type()) ||
-        (*y)->element_type() != x->element_type() ||
-        (*y)->element_count() != x->element_count())
-      return ffi::Error::InvalidArgument("gx_elementwise_packed: a slot differs from its result");
-    slot[j] = static_cast<char*>((*y)->untyped_data());
-    slot_size[j] = static_cast<int64_t>((*y)->element_count());
-    slot_width[j] = static_cast<int64_t>(ffi::ByteWidth((*y)->element_type()));
+  // The packed buffers, by the program's buffer index (0: the update, 2 + j: slot j).
+  std::vector<int64_t> index;
+  std::vector<char*> base;
+  std::vector<int64_t> size, width;
+  for (int64_t j = 0; j < (2 - own) + s; ++j) {
+    const bool update = j < 2 - own;
+    auto x = args.get<ffi::AnyBuffer>(1 + n * own + j);
+    if (x.has_error() || !Stored(x->element_type()))
+      return ffi::Error::InvalidArgument("gx_elementwise_packed: buffers must be f32, bf16 "
+                                         "or f16");
+    void* data = x->untyped_data();  // read only (the update)
+    if (!update) {
+      auto y = rets.get<ffi::AnyBuffer>(n + j - (2 - own));
+      if (y.has_error() || (*y)->element_type() != x->element_type() ||
+          (*y)->element_count() != x->element_count())
+        return ffi::Error::InvalidArgument("gx_elementwise_packed: a slot differs from its "
+                                           "result");
+      data = (*y)->untyped_data();
+    }
+    index.push_back(update ? 0 : 2 + j - (2 - own));
+    base.push_back(static_cast<char*>(data));
+    size.push_back(static_cast<int64_t>(x->element_count()));
+    width.push_back(static_cast<int64_t>(ffi::ByteWidth(x->element_type())));
   }
   std::vector<Leaf> leaves(n);
   int64_t total = 0;
   for (int64_t li = 0; li < n; ++li) {
     Leaf& l = leaves[li];
     l.buffers.resize(k);
-    for (int64_t i = 0; i < kl; ++i) {
-      auto x = args.get<ffi::AnyBuffer>(1 + li * kl + i);
+    for (int64_t i = 0; i < own; ++i) {
+      const int64_t b = own == 1 ? 1 : i;  // the program's buffer: the update, the parameter
+      auto x = args.get<ffi::AnyBuffer>(1 + li * own + i);
       if (x.has_error() || !Stored(x->element_type()))
         return ffi::Error::InvalidArgument("gx_elementwise_packed: pieces must be f32, bf16 "
                                            "or f16");
       if (i == 0) l.n = x->element_count();
       if (x->element_count() != l.n)
         return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece's arrays differ");
-      if (i != 1) {
-        l.buffers[i] = x->untyped_data();  // read only
+      if (b != 1) {
+        l.buffers[b] = x->untyped_data();  // read only
         continue;
       }
       auto y = rets.get<ffi::AnyBuffer>(li);
@@ -199,12 +216,13 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
           (*y)->element_type() != x->element_type())
         return ffi::Error::InvalidArgument("gx_elementwise_packed: a result differs from its "
                                            "operand");
-      l.buffers[i] = (*y)->untyped_data();
+      l.buffers[b] = (*y)->untyped_data();
     }
-    for (int64_t j = 0; j < s; ++j) {
-      if (offsets[li] < 0 || offsets[li] + l.n > slot_size[j])
-        return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece lies outside a slot");
-      l.buffers[kl + j] = slot[j] + offsets[li] * slot_width[j];
+    for (size_t j = 0; j < index.size(); ++j) {
+      if (offsets[li] < 0 || offsets[li] + l.n > size[j])
+        return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece lies outside a "
+                                           "packed buffer");
+      l.buffers[index[j]] = base[j] + offsets[li] * width[j];
     }
     total += l.n;
   }
@@ -233,4 +251,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwisePacked, ApplyPacked,
                                   .RemainingRets()
                                   .Attr<std::string_view>("program")
                                   .Attr<int64_t>("k")
+                                  .Attr<int64_t>("shared_update")
                                   .Attr<ffi::Span<const int64_t>>("offsets"));

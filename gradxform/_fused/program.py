@@ -380,11 +380,9 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   if not leaves or any(len(c) != len(leaves) or not all(_stored(x) for x in c)
                        for c in columns) or build.library() is None:
     return None
-  if any(isinstance(x, Packed) for c in columns for x in c) and (raw is not None or any(
-      isinstance(p, Packed) != isinstance(g, Packed) or (isinstance(p, Packed) and (
-          p.sizes() != g.sizes() or any(map(_explicit, p.pieces + g.pieces))))
-      for p, g in zip(leaves, g_leaves))):
-    return None  # packed leaves: the update's pieces as the parameter's, no explicit mesh
+  if any(isinstance(x, Packed) for c in columns for x in c) and (raw is not None or not all(
+      _packs_alike(p, g) for p, g in zip(leaves, g_leaves))):
+    return None
   groups: dict[tuple[Any, ...], _Group] = {}
   for i, (keys, instead) in enumerate(_leaf_variants(chain, start, params, len(leaves))):
     dtypes = tuple(c[i].dtype for c in columns)
@@ -592,28 +590,33 @@ def _kernel(name: str, k: int, r: int, written: list[int],
   return out
 
 
-def _packed_kernel(name: str, scalars: jax.Array, p: Packed, g: Packed,
+def _packed_kernel(name: str, scalars: jax.Array, p: Packed, g: Any,
                    slots: list[jax.Array]) -> list[Any]:
-  """Program `name` over packed buffers (`Packed` parameter and update, slots stored packed),
-  in `gx_elementwise_packed` calls of `_LEAVES_PER_CALL` pieces: each piece of the parameter
-  is written in place, each slot at the piece's offset; a call's slots are the next one's.
+  """Program `name` over packed buffers (a `Packed` parameter, slots stored packed, the update
+  `Packed` or one packed array), in `gx_elementwise_packed` calls of `_LEAVES_PER_CALL`
+  pieces: each piece of the parameter is written in place, the update and each slot read
+  (and written) at the piece's offset; a call's slots are the next one's.
 
   No sharding rule: where the pieces are sharded under `jax.jit`, XLA gathers the operands
   (flatten's packed state is not laid out like the parameters to begin with)."""
   offsets = np.concatenate([[0], np.cumsum(p.sizes())]).astype(np.int64)
+  shared = not isinstance(g, Packed)
   pieces = []
   for lo in range(0, len(p.pieces), _LEAVES_PER_CALL):
     at = range(lo, min(len(p.pieces), lo + _LEAVES_PER_CALL))
-    operands = [x for j in at for x in (g.pieces[j], p.pieces[j])] + list(slots)
+    own = [p.pieces[j] for j in at] if shared else [
+        x for j in at for x in (g.pieces[j], p.pieces[j])]
+    packed = ([g] if shared else []) + list(slots)
     results = [jax.ShapeDtypeStruct(p.pieces[j].shape, p.dtype) for j in at] + [
         jax.ShapeDtypeStruct(s.shape, s.dtype) for s in slots]
-    n = len(at)
-    aliases = {**{2 + 2 * m: m for m in range(n)},
-               **{1 + 2 * n + j: n + j for j in range(len(slots))}}
+    n, per = len(at), 1 if shared else 2
+    first_slot = 1 + n * per + (1 if shared else 0)
+    aliases = {**{1 + per * m + per - 1: m for m in range(n)},
+               **{first_slot + j: n + j for j in range(len(slots))}}
     call = jax.ffi.ffi_call("gx_elementwise_packed", results, input_output_aliases=aliases,
                             vmap_method="sequential")
-    got = call(scalars, *operands, program=name, k=np.int64(2 + len(slots)),
-               offsets=offsets[lo:lo + n])
+    got = call(scalars, *own, *packed, program=name, k=np.int64(2 + len(slots)),
+               shared_update=np.int64(shared), offsets=offsets[lo:lo + n])
     pieces += got[:n]
     slots = got[n:]
   return [Packed(pieces), *slots]
@@ -684,6 +687,16 @@ def _stored(x: Any) -> bool:
   if isinstance(x, Packed):
     return all(_stored(p) and p.dtype == x.dtype for p in x.pieces)
   return isinstance(x, jax.Array) and x.dtype in _STORAGE
+
+
+def _packs_alike(p: Any, g: Any) -> bool:
+  """Whether parameter `p` and update `g` can be stepped together: two arrays; or `p` packed
+  and `g` packed alike or one packed array of `p`'s size, none of them on an explicit mesh."""
+  if not isinstance(p, Packed):
+    return not isinstance(g, Packed)
+  arrays = p.pieces + (g.pieces if isinstance(g, Packed) else [g])
+  return (g.sizes() == p.sizes() if isinstance(g, Packed) else g.shape == p.shape) and not any(
+      map(_explicit, arrays))
 
 
 def _explicit(x: jax.Array) -> bool:

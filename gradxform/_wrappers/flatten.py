@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform import _check, _tree
-from gradxform._base import (GradientTransformation, _as_transform, fused_whole, transform,
+from gradxform._base import (GradientTransformation, _as_transform, fused_packed, transform,
                              update_and_apply)
 from gradxform._equality import Fn
 from gradxform._fused.program import Packed
@@ -78,6 +78,12 @@ def _pieces(tree: Any, max_leaf_size: int | None) -> dict[str, Any]:
   return {**{k: Packed(v) for k, v in sorted(groups.items())}, **alone}
 
 
+def _concatenated(flat: dict[str, Any]) -> dict[str, jax.Array]:
+  """`flat` with each `Packed` entry made one array: what `flatten_tree` gives."""
+  return {k: (jnp.concatenate([jnp.ravel(x) for x in v.pieces]) if isinstance(v, Packed) else v)
+          for k, v in flat.items()}
+
+
 def _unpieces(flat: dict[str, Any], like: Any, max_leaf_size: int | None) -> Any:
   """The inverse of `_pieces`: `like`'s leaves back from `flat`'s pieces and large leaves."""
   pieces = {k: iter(v.pieces) for k, v in flat.items() if isinstance(v, Packed)}
@@ -114,12 +120,13 @@ def flatten(inner: GradientTransformation, *,
   50M array 0.97–1.0× (identical results there), with 1.3–1.9× longer compiles.
   `None` (the default) packs every leaf.
 
-  With `gx.update_and_apply` on CPU, where all of `inner` is elementwise (Adam, AdamW, SGD,
-  Lion, ... and their masks), the step is one fused pass that packs nothing: it reads and
-  writes each parameter leaf where it is and the packed state at that leaf's offset, so the
-  state keeps flatten's few arrays without concatenating or splitting any leaf (see
-  `update_and_apply`). Other inner transforms run on the packed tree, and the new
-  parameters are unpacked.
+  With `gx.update_and_apply` on CPU, where `inner` ends in elementwise parts (Adam, AdamW,
+  SGD, Lion, ... and their masks, after clipping or not), those parts and the parameter step
+  are one fused pass that packs no parameter: it reads and writes each parameter leaf where
+  it is and the packed state at that leaf's offset, so the state keeps flatten's few arrays
+  without concatenating or splitting any parameter (see `update_and_apply`). Parts before
+  them (a global-norm clip) see the packed gradients as usual. Other inner transforms run on
+  the packed tree, and the new parameters are unpacked.
 
   Args:
     inner: the transform to run on the flat buffers.
@@ -171,13 +178,14 @@ def flatten(inner: GradientTransformation, *,
     return unflatten_tree(out, updates, max_leaf_size), state
 
   def step(grads, state, params):
-    # `update_and_apply` on the packed tree. Where all of `inner` is one fused pass, the pass
-    # reads and writes each parameter leaf where it is and the packed state at its offset:
-    # nothing is concatenated or sliced. Otherwise the packed tree is made and the new
+    # `update_and_apply` on the packed tree. Where `inner` ends in a fused tail, the tail's
+    # pass reads and writes each parameter leaf where it is and the packed state at its
+    # offset: no parameter is concatenated or sliced (the parts before the tail see the
+    # packed gradients, concatenated). Otherwise the packed tree is made and the new
     # parameters unpacked.
     check(grads, params)
-    fused = fused_whole(inner, _pieces(grads, max_leaf_size), state,
-                        _pieces(params, max_leaf_size))
+    fused = fused_packed(inner, _pieces(grads, max_leaf_size), state,
+                         _pieces(params, max_leaf_size), _concatenated)
     if fused is not None:
       return _unpieces(fused[0], params, max_leaf_size), fused[1]
     new_params, state = explained(update_and_apply, inner, pack(grads), state, pack(params))
