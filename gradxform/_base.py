@@ -793,6 +793,8 @@ def fused_packed(tx: GradientTransformation, grads: Updates, state: OptState, pa
   over them (then what was traced is unused). The parts before the tail run on `unpack(grads)`
   and `unpack(params)` (the buffers concatenated); the checks see only shapes and dtypes."""
   from gradxform._fused import program  # local: the fused kernels build on this module
+  if not program.ready():
+    return None
   flat = meta(tx, "flat_chain")
   one = not isinstance(flat, _Chain)
   if one:

@@ -360,6 +360,14 @@ def _leaf_variants(chain: Any, start: int, params: Any, n: int
   return out
 
 
+def ready() -> bool:
+  """Whether a fused pass can run in this trace at all: the CPU backend, x64 off, the kernels
+  built (on first use; see `build.library`)."""
+  from gradxform._fused import build
+  return (not jax.config.jax_enable_x64 and jax.default_backend() == "cpu"
+          and build.library() is not None)
+
+
 def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
           extra: dict[str, Any], grad: Any, count: Any) -> tuple[Any, list[Any]] | None:
   """New params and the tail's new states, or None where the kernel cannot run exactly.
@@ -369,16 +377,15 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   and `count` the chain's shared step counter. Leaves of different dtypes (float32, bfloat16,
   float16, for the parameter, the update, the raw gradient and each slot) get a program each.
   """
-  from gradxform._fused import build
-  if (set(extra) - {CHECKED_KEY} or not extra.get(CHECKED_KEY) or jax.config.jax_enable_x64
-      or jax.default_backend() != "cpu" or params is None):
+  if (set(extra) - {CHECKED_KEY} or not extra.get(CHECKED_KEY) or not ready()
+      or params is None):
     return None
   leaves, tree = jax.tree.flatten(params)
   g_leaves = jax.tree.leaves(updates)
   raw = None if grad is None else jax.tree.leaves(grad)
   columns = [leaves, g_leaves] + ([] if raw is None else [raw])
   if not leaves or any(len(c) != len(leaves) or not all(_stored(x) for x in c)
-                       for c in columns) or build.library() is None:
+                       for c in columns):
     return None
   if any(isinstance(x, Packed) for c in columns for x in c) and (raw is not None or not all(
       _packs_alike(p, g) for p, g in zip(leaves, g_leaves))):
