@@ -187,6 +187,10 @@ FUSABLE = {
                                                     max_leaf_size=30),
     "flatten_clip_then_adamw": lambda: gx.flatten(gx.chain(
         gx.clip_by_global_norm(1.0), gx.adamw(1e-2, weight_decay=0.1)), max_leaf_size=100),
+    "partition_of_flattened_groups": lambda: gx.partition(
+        {"decay": gx.flatten(gx.adamw(1e-2, weight_decay=0.1)),
+         "plain": gx.flatten(gx.sgd(1e-2, momentum=0.9), max_leaf_size=20)},
+        lambda p: jax.tree.map(lambda x: "decay" if x.ndim > 1 else "plain", p)),
     "clip_then_flatten_sgd_momentum": lambda: gx.chain(
         gx.clip_by_global_norm(1.0), gx.flatten(gx.sgd(1e-2, momentum=0.9))),
     # parameter groups: each group's own step (the decay only on matrices, as usual)
