@@ -624,7 +624,14 @@ class FusedVariants(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_variants_agree_with_the_reference(self):
-    tx, params = gx.adamw(1e-2, weight_decay=0.1), tree()
+    self._agree(gx.adamw(1e-2, weight_decay=0.1))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_variants_of_the_packed_step_agree_with_the_reference(self):
+    self._agree(gx.flatten(gx.adamw(1e-2, weight_decay=0.1), max_leaf_size=100))
+
+  def _agree(self, tx):
+    params = tree()
     step = self.variant(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
     p, s = params, tx.init(params)
     for t in range(3):
@@ -727,10 +734,14 @@ def test_one_device_makes_the_plain_call(monkeypatch, devices):
       assert_within_ulps(got, reference(tx, params, 3), 1)
 
 
-def test_pmap_agrees_with_the_reference():
+@pytest.mark.parametrize("packed", [False, True])
+def test_pmap_agrees_with_the_reference(packed):
   n = 8
   tx = gx.adamw(1e-2, weight_decay=0.1)
-  params = {"w": jnp.asarray(np.random.default_rng(3).normal(size=(n, 16)), jnp.float32)}
+  tx = gx.flatten(tx) if packed else tx
+  rng = np.random.default_rng(3)
+  params = {"w": jnp.asarray(rng.normal(size=(n, 16)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(n, 3)), jnp.float32)}
   grads = jax.tree.map(jnp.sin, params)
   per_device = jax.pmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
   got_p, _ = per_device(params, jax.vmap(tx.init)(params), grads)
