@@ -304,11 +304,11 @@ def test_leaves_of_16_bit_dtypes_get_a_program_each(name):
   tx = {**FUSABLE, **SIXTEEN_BIT_STATE}[name]()
   params = mixed_tree()
   text = program(tx, params)
-  # One call per dtype signature (and decay variant: the masked decay's float32 leaves are the
-  # decayed empty matrix and the undecayed rest); without float16 in the compiler, none (all
-  # or nothing), and the step is exactly the jitted two calls.
+  # One call per dtype signature and decay variant (the empty float32 matrix, decayed where
+  # the other float32 leaves are not, takes none: it has nothing to compute); without float16
+  # in the compiler, none (all or nothing), and the step is exactly the jitted two calls.
   fuses = _float16_compiles()
-  assert text.count(TARGET) == ((4 if name == "adamw_masked_decay" else 3) if fuses else 0)
+  assert text.count(TARGET) == (3 if fuses else 0)
   # Two steps only against the jitted two calls: their own loops round about an ulp
   # differently at each step, and the difference would grow with the steps.
   steps = 2 if name in WITH_HEAD else 6
@@ -489,6 +489,18 @@ def test_a_partition_after_a_part_that_fixes_the_raw_gradient_takes_the_two_call
   params = tree()
   assert TARGET not in program(tx, params)
   chex.assert_trees_all_equal(fused(tx, params, 3), jitted_two_calls(tx, params, 3))
+
+
+def test_an_empty_leaf_takes_no_program():
+  """An empty leaf has nothing to compute: its dtype (here the tree's only float16) adds no
+  program and no call; it comes back as it went in, the rest as the eager chain steps it."""
+  params = {"w": tree()["w"], "e": jnp.zeros((0, 3), jnp.float16)}
+  tx = gx.adamw(1e-2, weight_decay=0.1)
+  assert program(tx, params).count(TARGET) == (1 if KERNELS_ON else 0)
+  got_p, got_s = fused(tx, params, 3)
+  want_p, want_s = reference(tx, params, 3)
+  chex.assert_trees_all_close((got_p, got_s), (want_p, want_s), rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_equal_shapes_and_dtypes((got_p, got_s), (want_p, want_s))
 
 
 def in_place_step(tx, params):

@@ -391,9 +391,17 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
       _packs_alike(p, g) for p, g in zip(leaves, g_leaves))):
     return None
   groups: dict[tuple[Any, ...], _Group] = {}
+  # Nothing to compute: kept as they are, except on explicit axes, where the step gives them
+  # the sharding JAX's elementwise rule gives (`_explicit_shardings`).
+  empty = [i for i, x in enumerate(leaves) if x.size == 0 and not any(
+      map(_explicit, x.pieces if isinstance(x, Packed) else [x]))]
+  skip = set(empty)
   for i, (keys, instead) in enumerate(_leaf_variants(chain, start, params, len(leaves))):
-    dtypes = tuple(c[i].dtype for c in columns)
-    groups.setdefault(dtypes + keys, _Group([], dtypes, instead)).positions.append(i)
+    if i not in skip:
+      dtypes = tuple(c[i].dtype for c in columns)
+      groups.setdefault(dtypes + keys, _Group([], dtypes, instead)).positions.append(i)
+  if not groups:
+    return None
   plans: list[tuple[Any, ...]] = []
   for group in groups.values():  # every program first: no kernel call unless all can run
     plan = _plan(chain, start, group, columns, tree, states, count)
@@ -409,6 +417,12 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
       for i, v in zip(group.positions, values):
         column[i] = v
   _, new_scalars, (pair_tree, kinds) = plans[0]  # every group computes the same scalars
+  if empty:  # an empty leaf's parameter and slots are returned as they came
+    slots = [jax.tree.leaves(real) for real, kind in zip(pair_tree.flatten_up_to(states), kinds)
+             if kind == "slot"]
+    for i in empty:
+      for column, values in zip(new_leaves, [leaves] + slots):
+        column[i] = values[i]
   it_slot, it_scalar = iter(new_leaves[1:]), iter(new_scalars)
   vals = [tree.unflatten(next(it_slot)) if k == "slot" else next(it_scalar) for k in kinds]
   return tree.unflatten(new_leaves[0]), list(jax.tree.unflatten(pair_tree, vals))
