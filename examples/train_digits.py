@@ -143,11 +143,21 @@ def train_step(state: train_state.TrainState, x: jax.Array, y: jax.Array):
   return state.apply_gradients(grads=grads), loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-@jax.jit
 def evaluate(state: train_state.TrainState, x: jax.Array, y: jax.Array):
   """Loss and accuracy on a whole (small) dataset."""
-  logits = state.apply_fn({"params": state.params}, x)
+  return _evaluate(state.apply_fn, state.params, x, y)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _evaluate(apply_fn: Callable[..., jax.Array], params: Any, x: jax.Array, y: jax.Array):
+  # The parameters only, not the whole training state: one compile serves every optimizer.
+  logits = apply_fn({"params": params}, x)
   return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+#: The default model. Linen modules hold no state, so one instance serves every run, and its
+#: `apply` is the same static argument of `_evaluate` each time.
+_CNN = CNN()
 
 
 def train(tx: gx.GradientTransformation, data, *, epochs: int, batch_size: int, seed: int,
@@ -160,7 +170,7 @@ def train(tx: gx.GradientTransformation, data, *, epochs: int, batch_size: int, 
   """
   from tqdm.auto import tqdm
   x_train, x_test, y_train, y_test = data
-  model = CNN() if model is None else model
+  model = _CNN if model is None else model
   params = model.init(jax.random.key(seed), x_train[:1])["params"]
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   rng = np.random.default_rng(seed)
