@@ -98,6 +98,29 @@ Loop Find(std::string_view program) {
   return it == Registry().end() ? nullptr : it->second;
 }
 
+// Points `l.buffers[b]` at operand `arg` (read only) or, when `ret` >= 0, at that result, which
+// the caller aliases to the operand. The first array bound sets the leaf's size (`first`);
+// every other must match it.
+ffi::Error Bind(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, int64_t arg,
+                int64_t ret, bool first, int64_t b, Leaf& l) {
+  auto x = args.get<ffi::AnyBuffer>(arg);
+  if (x.has_error() || !Stored(x->element_type()))
+    return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32, bf16 or f16");
+  if (first) l.n = x->element_count();
+  if (x->element_count() != l.n)
+    return ffi::Error::InvalidArgument("gx_elementwise: a leaf's arrays differ in size");
+  if (ret < 0) {
+    l.buffers[b] = x->untyped_data();
+    return ffi::Error::Success();
+  }
+  auto y = rets.get<ffi::AnyBuffer>(ret);
+  if (y.has_error() || (*y)->element_count() != l.n ||
+      (*y)->element_type() != x->element_type())
+    return ffi::Error::InvalidArgument("gx_elementwise: a result differs from its operand");
+  l.buffers[b] = (*y)->untyped_data();
+  return ffi::Error::Success();
+}
+
 ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view program,
                  int64_t k) {
   Loop loop = Find(program);
@@ -123,21 +146,8 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
       // The parameter (input 1) and the slots (the last r - 1 inputs) are read from, and
       // written to, their results: the caller aliases each to its operand.
       const int64_t out = i == 1 ? 0 : (i >= k - (r - 1) ? 1 + i - (k - (r - 1)) : -1);
-      auto x = args.get<ffi::AnyBuffer>(1 + li * k + i);
-      if (x.has_error() || !Stored(x->element_type()))
-        return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32, bf16 or f16");
-      if (i == 0) l.n = x->element_count();
-      if (x->element_count() != l.n)
-        return ffi::Error::InvalidArgument("gx_elementwise: a leaf's arrays differ in size");
-      if (out < 0) {
-        l.buffers[i] = x->untyped_data();  // read only
-        continue;
-      }
-      auto y = rets.get<ffi::AnyBuffer>(li * r + out);
-      if (y.has_error() || (*y)->element_count() != l.n ||
-          (*y)->element_type() != x->element_type())
-        return ffi::Error::InvalidArgument("gx_elementwise: a result differs from its operand");
-      l.buffers[i] = (*y)->untyped_data();
+      ffi::Error e = Bind(args, rets, 1 + li * k + i, out < 0 ? -1 : li * r + out, i == 0, i, l);
+      if (e.failure()) return e;
     }
     total += l.n;
   }
@@ -200,23 +210,8 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
     l.buffers.resize(k);
     for (int64_t i = 0; i < own; ++i) {
       const int64_t b = own == 1 ? 1 : i;  // the program's buffer: the update, the parameter
-      auto x = args.get<ffi::AnyBuffer>(1 + li * own + i);
-      if (x.has_error() || !Stored(x->element_type()))
-        return ffi::Error::InvalidArgument("gx_elementwise_packed: pieces must be f32, bf16 "
-                                           "or f16");
-      if (i == 0) l.n = x->element_count();
-      if (x->element_count() != l.n)
-        return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece's arrays differ");
-      if (b != 1) {
-        l.buffers[b] = x->untyped_data();  // read only
-        continue;
-      }
-      auto y = rets.get<ffi::AnyBuffer>(li);
-      if (y.has_error() || (*y)->element_count() != l.n ||
-          (*y)->element_type() != x->element_type())
-        return ffi::Error::InvalidArgument("gx_elementwise_packed: a result differs from its "
-                                           "operand");
-      l.buffers[b] = (*y)->untyped_data();
+      ffi::Error e = Bind(args, rets, 1 + li * own + i, b == 1 ? li : -1, i == 0, b, l);
+      if (e.failure()) return e;
     }
     for (size_t j = 0; j < index.size(); ++j) {
       if (offsets[li] < 0 || offsets[li] + l.n > size[j])

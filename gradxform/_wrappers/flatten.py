@@ -35,16 +35,7 @@ def flatten_tree(tree: Any, max_leaf_size: int | None = None) -> dict[str, jax.A
   only leaves of at most that many elements are packed; each larger leaf is its own entry,
   keyed `"leaf" + jax.tree_util.keystr(path)` (e.g. `"leaf['dense']['kernel']"`), unchanged.
   """
-  groups: dict[str, list[jax.Array]] = {}
-  alone: dict[str, jax.Array] = {}
-  for path, x in jax.tree_util.tree_leaves_with_path(tree):
-    x = jnp.asarray(x)
-    if _packed(x, max_leaf_size):
-      groups.setdefault(_key(x.dtype), []).append(jnp.ravel(x))
-    else:
-      alone[_leaf_key(path)] = x
-  flat = {k: (v[0] if len(v) == 1 else jnp.concatenate(v)) for k, v in sorted(groups.items())}
-  return {**flat, **alone}
+  return _concatenated(_pieces(tree, max_leaf_size))
 
 
 def unflatten_tree(flat: dict[str, jax.Array], like: Any,
@@ -79,9 +70,14 @@ def _pieces(tree: Any, max_leaf_size: int | None) -> dict[str, Any]:
 
 
 def _concatenated(flat: dict[str, Any]) -> dict[str, jax.Array]:
-  """`flat` with each `Packed` entry made one array: what `flatten_tree` gives."""
-  return {k: (jnp.concatenate([jnp.ravel(x) for x in v.pieces]) if isinstance(v, Packed) else v)
-          for k, v in flat.items()}
+  """`flat` with each `Packed` entry made one 1-D array: what `flatten_tree` gives."""
+  def one(v: Any) -> jax.Array:
+    if not isinstance(v, Packed):
+      return v
+    raveled = [jnp.ravel(x) for x in v.pieces]
+    return raveled[0] if len(raveled) == 1 else jnp.concatenate(raveled)
+
+  return {k: one(v) for k, v in flat.items()}
 
 
 def _unpieces(flat: dict[str, Any], like: Any, max_leaf_size: int | None) -> Any:
