@@ -754,10 +754,11 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   `apply_if_finite`, `accumulate_gradients`, and `flatten` (its packed state read and
   written at each leaf's offset, nothing concatenated). The pass is traced from
   the parts themselves and compiled once per machine; it needs float32, bfloat16 or float16
-  leaves and a C++ compiler (`gx.kernel_status()` says whether it is available). Elsewhere
-  the step is the two calls above. Under `jax.jit` with sharded arrays each device runs the
-  pass on its own shards, and every result keeps the sharding the two calls give it; `vmap`,
-  `pmap` and `shard_map` work too; gradients through it do not. The fused pass computes the
+  leaves (state in those or `state_dtype="int8"`) and a C++ compiler (`gx.kernel_status()`
+  says whether it is available). Elsewhere the step is the two calls above. Under `jax.jit`
+  with sharded arrays each device runs the pass on its own shards, and every result keeps the
+  sharding the two calls give it (a leaf with int8 state: XLA gathers it); `vmap`, `pmap` and
+  `shard_map` work too; gradients through it do not. The fused pass computes the
   same operations in the same order (a 16-bit one in float32, rounded once, as XLA does),
   equal to rounding (BUILD_NOTES: Performance design).
 

@@ -179,13 +179,17 @@ def quantize(x: jax.Array) -> QuantizedArray:
   (of `x` in a signed block, of `√x` in an unsigned one)."""
   x = jnp.asarray(x)
   blocks = _blocks(x.astype(jnp.float32))
+  # A block holding a NaN becomes NaN whole (scale NaN, code 0): said here, because XLA's
+  # min and max reductions may or may not skip a NaN, depending on the array's shape.
+  nan = jnp.any(jnp.isnan(blocks), axis=1)
   signed = jnp.min(blocks, axis=1) < 0
   blocks = jnp.where(signed[:, None], blocks, jnp.sqrt(jnp.maximum(blocks, 0.0)))
   absmax = jnp.max(jnp.abs(blocks), axis=1)
   normed = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
-  idx = _nearest_code(normed, signed[:, None])
+  idx = jnp.where(nan[:, None], 0, _nearest_code(normed, signed[:, None]))
   codes = (idx - 128).astype(jnp.int8).reshape(-1)[:x.size].reshape(x.shape)
-  return QuantizedArray(codes=codes, scales=jnp.where(signed, -absmax, absmax))
+  scales = jnp.where(nan, jnp.nan, jnp.where(signed, -absmax, absmax))
+  return QuantizedArray(codes=codes, scales=scales)
 
 
 def dequantize(q: QuantizedArray, dtype: Any = jnp.float32) -> jax.Array:

@@ -4,7 +4,7 @@ The reference is the per-leaf chain run eagerly (op by op, as its equations read
 `apply_updates`; the fused pass, which runs the same operations in the same order, must equal
 it to float32 rounding (here: to 1e-6, it is bit-equal on the machines we ran), and a NumPy
 float64 Adam/AdamW written from the papers checks both. Where the kernel does not apply (other
-dtypes, a masked part with slots of its own at the end, int8 state, complex parameters, a
+dtypes, a masked part with slots of its own at the end, complex parameters, a
 part that only claims to be elementwise) the step must be exactly update-then-apply, with no
 kernel in the program.
 """
@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from typing import Any, NamedTuple
+from unittest import mock
 
 import chex
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 import gradxform as gx
+from gradxform import _quantize
 from gradxform._fused import build
 
 TARGET = "gx_elementwise"
@@ -503,6 +505,53 @@ def test_an_empty_leaf_takes_no_program():
   chex.assert_trees_all_equal_shapes_and_dtypes((got_p, got_s), (want_p, want_s))
 
 
+INT8 = {
+    "adam": lambda: gx.adam(1e-2, state_dtype="int8"),
+    "adamw_masked": lambda: gx.adamw(1e-2, weight_decay=0.1, state_dtype="int8",
+                                     mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+    "lion": lambda: gx.lion(1e-3, state_dtype="int8"),
+    "sgd_nesterov": lambda: gx.sgd(1e-2, momentum=0.9, nesterov=True, state_dtype="int8"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INT8))
+def test_int8_state_is_stepped_in_the_kernel_bit_for_bit(name, monkeypatch):
+  """`state_dtype="int8"`: leaves of 4,096 entries or more keep their moments quantized per
+  block of 256, and the kernel dequantizes, steps and requantizes them in its one pass:
+  codes, scales and parameters equal the eager chain's exactly, over ragged last blocks, a
+  bfloat16 parameter, a leaf large enough to be split over threads (at block boundaries), the
+  small float32-state leaves, and a NaN gradient (its block becomes NaN whole, as
+  `quantize` says). In a process with one device, as most are (the suite has 8 fake ones)."""
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  rng = np.random.default_rng(5)
+  params = {"w": jnp.asarray(rng.normal(size=(67, 80)), jnp.float32),       # 20.9 blocks
+            "big": jnp.asarray(rng.normal(size=(140_001,)), jnp.float32),   # two threads
+            "h": jnp.asarray(rng.normal(size=(4_500,)), jnp.bfloat16),
+            "b": jnp.asarray(rng.normal(size=(29,)), jnp.float32), "s": jnp.float32(0.5)}
+  tx = INT8[name]()
+  state = tx.init(params)
+  assert sum(map(_quantize.is_quantized, jax.tree.leaves(
+      state, is_leaf=_quantize.is_quantized))) >= 3
+  if KERNELS_ON:  # quantized float32, quantized bfloat16, small: a program each (the mask
+    calls = program(tx, params).count(TARGET)  # decays only the quantized float32 "w")
+    assert calls == (4 if name == "adamw_masked" else 3)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+  # Without a compiler the step is exactly the jitted two calls, else the eager chain.
+  reference_step = two_calls(tx) if not KERNELS_ON else lambda p, s, g: (
+      lambda u, s: (gx.apply_updates(p, u), s))(*tx.update(g, s, p))
+  got_p, got_s = jax.tree.map(jnp.copy, (params, state))  # donated
+  want_p, want_s = params, state
+  for t in range(5):
+    g = grads_at(t, params)
+    if t == 2:
+      g["w"] = g["w"].at[3, 7].set(jnp.nan)
+    got_p, got_s = step(got_p, got_s, g)
+    want_p, want_s = reference_step(want_p, want_s, g)
+  chex.assert_trees_all_equal(got_s, want_s)
+  chex.assert_trees_all_equal(got_p, want_p)
+  assert np.isnan(np.asarray(got_p["w"])).sum() == 256  # the NaN's block, whole
+
+
 def in_place_step(tx, params):
   """`update_and_apply(tx)` jitted with params and state donated. Where the kernel is built,
   checks that it is in the program, with no copy of `tree()`'s (37, 29) leaf."""
@@ -594,7 +643,6 @@ def _erf_claiming_elementwise():
 FALLBACK = {
     "a_primitive_without_an_instruction": (lambda: gx.chain(
         gx.scale_by_momentum(0.9), _erf_claiming_elementwise(), gx.scale(-0.1)), jnp.float32),
-    "int8_state": (lambda: gx.adam(1e-2, state_dtype="int8"), jnp.float32),
     "a_reduction_after_the_elementwise_parts": (lambda: gx.chain(
         gx.adam(1e-2), gx.clip_by_global_norm(1.0)), jnp.float32),
     "a_reduction_declared_elementwise": (lambda: gx.chain(
@@ -610,8 +658,6 @@ FALLBACK = {
 def test_elsewhere_the_step_is_update_then_apply(name):
   make, dtype = FALLBACK[name]
   tx, params = make(), tree(dtype)
-  if name == "int8_state":
-    params = {"big": jnp.asarray(np.random.default_rng(1).normal(size=(64, 80)), dtype)}
   assert TARGET not in program(tx, params)
   step = two_calls(tx)
   one_call = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
@@ -701,6 +747,26 @@ def test_vmap_over_a_batch_of_problems(packed):
     chex.assert_trees_all_close(pick(got_p, i), gx.apply_updates(one, updates), rtol=1e-6,
                                 atol=1e-9)
     chex.assert_trees_all_close(pick(got_s, i), s, rtol=1e-6, atol=1e-9)
+
+
+def test_vmap_over_problems_with_int8_state(monkeypatch):
+  """Each problem's quantized moments are its own blocks: the batch is stepped one problem
+  after another, each equal to its eager step (one device, as above)."""
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  tx = gx.adam(1e-2, state_dtype="int8")
+  batch = {"w": jnp.asarray(np.random.default_rng(6).normal(size=(2, 4_200)), jnp.float32)}
+  grads = jax.tree.map(jnp.cos, batch)
+  state = jax.vmap(tx.init)(batch)
+  step = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p)))
+  assert (TARGET in step.lower(batch, state, grads).as_text()) == KERNELS_ON
+  got = step(batch, state, grads)
+  if not KERNELS_ON:  # no compiler here: exactly the two calls
+    chex.assert_trees_all_equal(got, jax.jit(jax.vmap(two_calls(tx)))(batch, state, grads))
+    return
+  for i in range(2):
+    updates, s = tx.update(pick(grads, i), tx.init(pick(batch, i)), pick(batch, i))
+    chex.assert_trees_all_equal(pick(got[1], i), s)
+    chex.assert_trees_all_equal(pick(got[0], i), gx.apply_updates(pick(batch, i), updates))
 
 
 def test_vmap_with_shared_scalars_is_one_call_over_the_batch():
@@ -796,6 +862,23 @@ def test_sharded_jit_runs_the_kernel_on_each_devices_shards(axis_type):
     assert calls and all(f in " ".join(calls) for f in ("f32[16,3]", "f32[4]", "bf16[8,2]"))
     # clipping's global norm is the one reduction across devices; nothing is gathered
     assert "all-gather" not in hlo and "all-to-all" not in hlo
+
+
+def test_int8_state_with_several_devices_takes_the_two_calls():
+  """The quantized program has no sharding rule (a block's scale is not laid out like the
+  parameter): with several devices its leaves take the two calls, which keep a split
+  parameter split, where XLA would gather the kernel's operands and return them replicated."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  rng = np.random.default_rng(7)
+  params = {"w": jax.device_put(jnp.asarray(rng.normal(size=(64, 80)), jnp.float32),
+                                NamedSharding(_mesh("Auto"), P("d", "m")))}
+  tx = gx.adam(1e-2, state_dtype="int8")
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+  assert TARGET not in step.lower(params, state, params).as_text()
+  got = step(params, state, grads_at(0, params))
+  chex.assert_trees_all_equal(got, two_calls(tx)(params, state, grads_at(0, params)))
+  assert got[0]["w"].sharding.is_equivalent_to(params["w"].sharding, 2)
 
 
 @pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
@@ -917,18 +1000,30 @@ def test_each_program_is_one_generated_loop_in_the_traces_order():
   sources = []
   real = build.program
   try:
-    build.program = lambda src: sources.append(src) or real(src)
+    build.program = lambda src, **kw: sources.append(src) or real(src, **kw)
     program(gx.sgd(1e-2, momentum=0.9), {"w": jnp.ones((3,))})
+    with mock.patch.object(jax, "device_count", lambda *a: 1):  # see the int8 tests
+      program(gx.sgd(1e-2, momentum=0.9, state_dtype="int8"), {"w": jnp.ones((5000,))})
   finally:
     build.program = real
   if not KERNELS_ON:
     return
-  (src,) = sources
+  (src, src8) = sources
   body = [ln.strip() for ln in src.splitlines() if ln.startswith("    ")]
   # x0 = g, x1 = θ, x2 = b; s0 = μ, s1 = −η: two products, two sums, two stores.
+  step = ["const float t0 = (s0 * x2);", "const float t1 = (t0 + x0);",
+          "const float t2 = (s1 * t1);", "const float t3 = (x1 + t2);", "b1[i] = t3;"]
   assert body == ["const float x0 = b0[i];", "const float x1 = b1[i];",
-                  "const float x2 = b2[i];", "const float t0 = (s0 * x2);",
-                  "const float t1 = (t0 + x0);", "const float t2 = (s1 * t1);",
-                  "const float t3 = (x1 + t2);", "b1[i] = t3;", "b2[i] = t1;"], body
+                  "const float x2 = b2[i];", *step, "b2[i] = t1;"], body
+  # With b in int8 (codes b2, scales b3): a block at a time, b dequantized into w2, stepped
+  # there, then quantized.
+  loop8 = src8[src8.index('extern "C" void gx_run'):]
+  body8 = [ln.strip() for ln in loop8.splitlines() if ln.startswith("    ")]
+  assert body8 == ["const int64_t end = hi < at + 256 ? hi : at + 256;", "float w2[256];",
+                   "gx_dequantize(b2 + at, b3[at / 256], end - at, w2);",
+                   "for (int64_t i = at; i < end; ++i) {", "const float x0 = b0[i];",
+                   "const float x1 = b1[i];", "const float x2 = w2[i - at];",
+                   *step, "w2[i - at] = t1;", "}",
+                   "gx_quantize(w2, end - at, b2 + at, b3 + at / 256);"], body8
   assert fused_program.tail_start(gx.sgd(1e-2, momentum=0.9).update.meta[
       "flat_chain"].parts) == 0

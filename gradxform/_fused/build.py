@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -114,11 +114,12 @@ def status() -> str:
   return "available" if library() is not None else _state["why"]
 
 
-def program(source: str) -> str | None:
+def program(source: str, init: Callable[[ctypes.CDLL], None] | None = None) -> str | None:
   """Compiles (once per machine) and loads the C++ loop `source` for `gx_elementwise`.
 
-  `source` defines `extern "C" void gx_run(...)` (see `elementwise.cc`). Returns the name to
-  pass the kernel, or None when the kernels are not available or the build fails.
+  `source` defines `extern "C" void gx_run(...)` (see `elementwise.cc`); `init`, if given,
+  is called with the loaded library once per process, before the loop is registered. Returns
+  the name to pass the kernel, or None when the kernels are not available or the build fails.
   """
   lib = library()
   if lib is None:
@@ -130,6 +131,8 @@ def program(source: str) -> str | None:
       try:
         loop = ctypes.cdll.LoadLibrary(_compile(_state["compiler"],
                                                 {"program.cc": source.encode()}, "gx_program"))
+        if init is not None:
+          init(loop)
       except Exception:  # noqa: BLE001 - the per-leaf path runs instead
         return None
       lib.gx_register_program(name.encode(), ctypes.cast(loop.gx_run, ctypes.c_void_p))

@@ -11,6 +11,9 @@
 // parameter, the raw gradient if the chain fixed one, each state slot). Results: per leaf its
 // r outputs (the new parameter, then each new slot), aliased by the caller to the parameter
 // and the slots; the loop reads those from the result buffers and writes them in place.
+// A slot kept quantized (`state_dtype="int8"`) is two arrays, its int8 codes and its float32
+// scales, one per block of `block` elements (the bits of `per_block` mark the scales among a
+// leaf's inputs); its program steps whole blocks, so each thread gets whole blocks.
 
 #include <sched.h>
 
@@ -45,13 +48,19 @@ struct Leaf {
   int64_t n;
 };
 
-// Elements [lo, hi) of the leaves laid end to end.
+int64_t RoundUp(int64_t x, int64_t block) { return x <= 0 ? 0 : (x + block - 1) / block * block; }
+
+// Elements [lo, hi) of the leaves laid end to end. With `block` > 1 (a program that keeps
+// state quantized per block of that many elements) each leaf's part starts and ends on a
+// block's boundary (or the leaf's end): the blocks starting in [lo, hi), so that the threads'
+// parts never share a block.
 void Span(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64_t lo,
-          int64_t hi) {
+          int64_t hi, int64_t block) {
   int64_t base = 0;
   for (const Leaf& l : leaves) {
-    const int64_t a = std::max(lo, base), b = std::min(hi, base + l.n);
-    if (a < b) loop(scalars, l.buffers.data(), a - base, b - base);
+    const int64_t a = RoundUp(lo - base, block);
+    const int64_t b = std::min(l.n, RoundUp(std::min(hi - base, l.n), block));
+    if (a < b) loop(scalars, l.buffers.data(), a, b);
     base += l.n;
     if (base >= hi) break;
   }
@@ -61,6 +70,9 @@ bool Stored(ffi::DataType t) {
   return t == ffi::DataType::F32 || t == ffi::DataType::BF16 || t == ffi::DataType::F16;
 }
 
+// Also the arrays of a slot kept quantized: int8 codes (and their float32 block scales).
+bool Loaded(ffi::DataType t) { return Stored(t) || t == ffi::DataType::S8; }
+
 int Cores() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
@@ -69,11 +81,12 @@ int Cores() {
 
 // Splits the elements over the cores this process may run on, at least 64k elements a thread
 // (below that, starting a thread costs more than the pass).
-void Run(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64_t total) {
+void Run(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64_t total,
+         int64_t block = 1) {
   static const int cores = Cores();
   const int64_t parts = std::min<int64_t>(cores, total >> 16);
   if (parts <= 1) {
-    Span(loop, scalars, leaves, 0, total);
+    Span(loop, scalars, leaves, 0, total, block);
     return;
   }
   const int64_t chunk = ((total + parts - 1) / parts + 15) / 16 * 16;
@@ -82,12 +95,12 @@ void Run(Loop loop, const float* scalars, const std::vector<Leaf>& leaves, int64
     const int64_t lo = t * chunk, hi = std::min(total, lo + chunk);
     if (lo >= hi) continue;
     try {
-      helpers.emplace_back([=, &leaves] { Span(loop, scalars, leaves, lo, hi); });
+      helpers.emplace_back([=, &leaves] { Span(loop, scalars, leaves, lo, hi, block); });
     } catch (const std::system_error&) {  // no thread to be had: this one does that part too
-      Span(loop, scalars, leaves, lo, hi);
+      Span(loop, scalars, leaves, lo, hi, block);
     }
   }
-  Span(loop, scalars, leaves, 0, std::min(total, chunk));
+  Span(loop, scalars, leaves, 0, std::min(total, chunk), block);
   for (std::thread& h : helpers) h.join();
 }
 
@@ -100,21 +113,22 @@ Loop Find(std::string_view program) {
 
 // Points `l.buffers[b]` at operand `arg` (read only) or, when `ret` >= 0, at that result, which
 // the caller aliases to the operand. The first array bound sets the leaf's size (`first`);
-// every other must match it.
+// every other must match it, or hold one element per block of `per` elements where `per` > 1
+// (a quantized slot's scales).
 ffi::Error Bind(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, int64_t arg,
-                int64_t ret, bool first, int64_t b, Leaf& l) {
+                int64_t ret, bool first, int64_t b, Leaf& l, int64_t per = 1) {
   auto x = args.get<ffi::AnyBuffer>(arg);
-  if (x.has_error() || !Stored(x->element_type()))
+  if (x.has_error() || !(first ? Stored(x->element_type()) : Loaded(x->element_type())))
     return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32, bf16 or f16");
   if (first) l.n = x->element_count();
-  if (x->element_count() != l.n)
+  if (static_cast<int64_t>(x->element_count()) != (per > 1 ? (l.n + per - 1) / per : l.n))
     return ffi::Error::InvalidArgument("gx_elementwise: a leaf's arrays differ in size");
   if (ret < 0) {
     l.buffers[b] = x->untyped_data();
     return ffi::Error::Success();
   }
   auto y = rets.get<ffi::AnyBuffer>(ret);
-  if (y.has_error() || (*y)->element_count() != l.n ||
+  if (y.has_error() || (*y)->element_count() != x->element_count() ||
       (*y)->element_type() != x->element_type())
     return ffi::Error::InvalidArgument("gx_elementwise: a result differs from its operand");
   l.buffers[b] = (*y)->untyped_data();
@@ -122,13 +136,14 @@ ffi::Error Bind(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, 
 }
 
 ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view program,
-                 int64_t k) {
+                 int64_t k, int64_t block, int64_t per_block) {
   Loop loop = Find(program);
   if (loop == nullptr)
     return ffi::Error::Internal("gx_elementwise: program " + std::string(program) +
                                 " is not loaded in this process");
   const int64_t rest = static_cast<int64_t>(args.size()) - 1;
-  if (k < 2 || rest < 0 || rest % k != 0 || rets.size() == 0 || rest == 0 ||
+  if (k < 2 || k > 62 || block < 1 || rest < 0 || rest % k != 0 || rets.size() == 0 ||
+      rest == 0 ||
       static_cast<int64_t>(rets.size()) % (rest / k) != 0)
     return ffi::Error::InvalidArgument("gx_elementwise: operands do not match the program");
   auto scalars = args.get<ffi::Buffer<ffi::F32>>(0);
@@ -146,12 +161,13 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
       // The parameter (input 1) and the slots (the last r - 1 inputs) are read from, and
       // written to, their results: the caller aliases each to its operand.
       const int64_t out = i == 1 ? 0 : (i >= k - (r - 1) ? 1 + i - (k - (r - 1)) : -1);
-      ffi::Error e = Bind(args, rets, 1 + li * k + i, out < 0 ? -1 : li * r + out, i == 0, i, l);
+      ffi::Error e = Bind(args, rets, 1 + li * k + i, out < 0 ? -1 : li * r + out, i == 0, i, l,
+                          (per_block >> i) & 1 ? block : 1);
       if (e.failure()) return e;
     }
     total += l.n;
   }
-  Run(loop, scalars->typed_data(), leaves, total);
+  Run(loop, scalars->typed_data(), leaves, total, block);
   return ffi::Error::Success();
 }
 
@@ -238,7 +254,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwise, Apply,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<std::string_view>("program")
-                                  .Attr<int64_t>("k"));
+                                  .Attr<int64_t>("k")
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("per_block"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwisePacked, ApplyPacked,
                               ffi::Ffi::Bind()

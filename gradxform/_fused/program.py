@@ -18,14 +18,19 @@ state as inputs. The trace (a jaxpr) then splits in two:
   scalar into a multiplication, a difference of an ulp).
 
 Leaves are float32, bfloat16 or float16 (parameter, update and each slot alike or not): the
-leaves of one dtype signature share a program, traced on a probe of those dtypes. Anything the
-kernel cannot do exactly (other dtypes, a primitive outside its small instruction set, a
-reduction, state that is not one slot per parameter) makes `apply` return None, and the chain
-runs its parts one by one: the per-leaf path stays the reference.
+leaves of one dtype signature share a program, traced on a probe of those dtypes. A slot kept
+in int8 (`state_dtype="int8"`, `gradxform._quantize`) is float32 on the probe, which is too
+small to be quantized; its leaves get a program of their own that steps a block of 256 at a
+time: dequantize the block, run the same instructions, quantize the block, each as
+`_quantize` computes it. Anything the kernel cannot do exactly (other dtypes, a primitive
+outside its small instruction set, a reduction, state that is not one slot per parameter)
+makes `apply` return None, and the chain runs its parts one by one: the per-leaf path stays
+the reference.
 """
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any, NamedTuple
 
 import jax
@@ -34,6 +39,7 @@ import numpy as np
 from jax.extend import core
 from jax.sharding import NamedSharding, PartitionSpec
 
+from gradxform import _quantize
 from gradxform._base import CHECKED_KEY, apply_updates, fusable, meta
 
 #: The probe leaf's shape: a size no scalar state of a transform has.
@@ -138,34 +144,60 @@ class _Builder:
                       else _STORAGE[dtype][1]))
     return _Elem(dst)
 
-  def source(self, outputs: list[tuple[int, int]]) -> tuple[str, jax.Array]:
+  def source(self, outputs: list[tuple[int, int]], quantized: list[bool] | None = None
+             ) -> tuple[str, jax.Array]:
     """The C++ loop of the program (`elementwise.cc`'s `Loop`) and its scalars operand.
 
-    `outputs`: (register, buffer) pairs, stored in that order. Every element loads its k
-    buffers, runs the instructions in the trace's order (one float operation each, no
+    `outputs`: (register, input) pairs, stored in that order. Every element loads its k
+    inputs, runs the instructions in the trace's order (one float operation each, no
     contraction, 16-bit results rounded) and stores the outputs; parameter and slots are
-    updated in place.
+    updated in place. An input marked in `quantized` (a slot kept in int8) is two buffers,
+    codes and block scales: the loop then steps a block at a time, dequantizing each element
+    as it loads it and quantizing the block's new values once they are all computed, as
+    `gradxform._quantize` does.
     """
     def ref(r: int) -> str:
       return f"x{r}" if r < self.k else (f"s{r - self.k}" if r < _TEMP else f"t{r - _TEMP}")
 
+    quantized = quantized or [False] * self.k
+    buf, n_buf = [], 0  # each input's first buffer (a quantized one's codes; scales follow)
+    for q in quantized:
+      buf.append(n_buf)
+      n_buf += 2 if q else 1
     body = []
     for op, dst, regs, rounding in self.code:
       expr = _C[op](*[ref(r) for r in regs])
-      body.append(f"    const float {ref(dst)} = {rounding}({expr});" if rounding else
-                  f"    const float {ref(dst)} = {expr};")
+      body.append(f"{ref(dst)} = {rounding}({expr});" if rounding else f"{ref(dst)} = {expr};")
     ctype = [_STORAGE[d][0] for d in self.in_dtypes]
+    blocked = any(quantized)
     lines = [_PRELUDE + (_F16 if jnp.dtype(jnp.float16) in self.in_dtypes or any(
-        c[3] == "gx_f16" for c in self.code) else ""),
+        c[3] == "gx_f16" for c in self.code) else "") + (_INT8 if blocked else ""),
              'extern "C" void gx_run(const float* s, void* const* b, int64_t lo, int64_t hi) {']
-    lines += [f"  {ctype[i]}* __restrict b{i} = static_cast<{ctype[i]}*>(b[{i}]);"
-              for i in range(self.k)]
+    for i, q in enumerate(quantized):
+      lines += ([f"  int8_t* __restrict b{buf[i]} = static_cast<int8_t*>(b[{buf[i]}]);",
+                 f"  float* __restrict b{buf[i] + 1} = static_cast<float*>(b[{buf[i] + 1}]);"]
+                if q else [f"  {ctype[i]}* __restrict b{buf[i]} = "
+                           f"static_cast<{ctype[i]}*>(b[{buf[i]}]);"])
     lines += [f"  const float s{i} = s[{i}];" for i in range(len(self.scalars))]
-    lines += ["  for (int64_t i = lo; i < hi; ++i) {"]
-    lines += [f"    const float x{i} = {_LOAD[ctype[i]].format(f'b{i}[i]')};"
-              for i in range(self.k)]
-    lines += body + [f"    b{buf}[i] = {_STORE[ctype[buf]].format(ref(r))};"
-                     for r, buf in outputs] + ["  }", "}", ""]
+    loads = [f"x{i} = " + (f"w{i}[i - at];" if q else
+                                       f"{_LOAD[ctype[i]].format(f'b{buf[i]}[i]')};")
+             for i, q in enumerate(quantized)]
+    stores = [f"w{i}[i - at] = {ref(r)};" if quantized[i] else
+              f"b{buf[i]}[i] = {_STORE[ctype[i]].format(ref(r))};" for r, i in outputs]
+    step = ["const float " + line for line in loads + body] + stores
+    if not blocked:
+      lines += ["  for (int64_t i = lo; i < hi; ++i) {"] + ["    " + x for x in step] + ["  }"]
+    else:  # `lo` is a block's start (elementwise.cc's `Span`)
+      q_in = [i for i, q in enumerate(quantized) if q]
+      lines += [f"  for (int64_t at = lo; at < hi; at += {_BLOCK}) {{",
+                f"    const int64_t end = hi < at + {_BLOCK} ? hi : at + {_BLOCK};"]
+      lines += [f"    float w{i}[{_BLOCK}];" for i in q_in]
+      lines += [f"    gx_dequantize(b{buf[i]} + at, b{buf[i] + 1}[at / {_BLOCK}], end - at, w{i});"
+                for i in q_in]
+      lines += ["    for (int64_t i = at; i < end; ++i) {"] + ["      " + x for x in step]
+      lines += ["    }"] + [f"    gx_quantize(w{i}, end - at, b{buf[i]} + at, "
+                             f"b{buf[i] + 1} + at / {_BLOCK});" for i in q_in] + ["  }"]
+    lines += ["}", ""]
     scalars = jnp.stack(self.scalars) if self.scalars else jnp.zeros((1,), jnp.float32)
     return "\n".join(lines), scalars
 
@@ -205,6 +237,120 @@ static inline float gx_from_bf16(uint16_t h) {
 # Only in programs with float16 values: a compiler without `_Float16` fails only those.
 _F16 = ("static inline float gx_f16(float x) {\n"
         "  return static_cast<float>(static_cast<_Float16>(x));\n}\n")
+
+#: Entries per block of a quantized slot (`gradxform._quantize.BLOCK_SIZE`).
+_BLOCK = _quantize.BLOCK_SIZE
+# Only in programs with a quantized slot: `gradxform._quantize`'s `dequantize` of one entry
+# and `quantize` of one block, operation for operation (its maps and rounding table are
+# copied in by `_init_tables` when the program is loaded).
+_INT8 = """#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+static int32_t gx_below[131072];  // per map and top 16 bits: the midpoints below the range
+static float gx_next[131072];     // ... and the next midpoint (+inf after the last)
+static float gx_maps[512];        // the signed map, then the unsigned one
+extern "C" void gx_tables(const uint8_t* below, const float* mids, const float* maps) {
+  for (int i = 0; i < 131072; ++i) {  // int32 and float: loaded by SIMD gathers
+    gx_below[i] = below[i];
+    gx_next[i] = mids[(i >> 16) * 256 + below[i]];
+  }
+  memcpy(gx_maps, maps, sizeof gx_maps);
+}
+// A block's n entries, from their codes and the block's scale.
+static void gx_dequantize(const int8_t* codes, float scale, int64_t n, float* x) {
+  const float* map = gx_maps + (scale < 0.f ? 0 : 256) + 128;  // the block's map, at code 0
+  const float size = fabsf(scale);
+  const bool root = !(scale < 0.f);  // an unsigned block holds square roots
+  int64_t i = 0;
+#ifdef __AVX2__  // the same operations, 8 at a time, the map's lookups as gathers
+  for (; i + 8 <= n; i += 8) {
+    const __m256i code = _mm256_cvtepi8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
+    __m256 v = _mm256_mul_ps(_mm256_i32gather_ps(map, code, 4), _mm256_set1_ps(size));
+    _mm256_storeu_ps(x + i, root ? _mm256_mul_ps(v, v) : v);
+  }
+#endif
+  for (; i < n; ++i) {
+    const float v = map[codes[i]] * size;
+    x[i] = root ? v * v : v;
+  }
+}
+static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
+  // Lanes of 16 for the whole part of the block, so that the loops vectorize.
+  const int64_t whole = n / 16 * 16;
+  int nan[16] = {0};
+  for (int64_t i = 0; i < whole; i += 16)
+    for (int j = 0; j < 16; ++j) nan[j] |= x[i + j] != x[i + j];
+  for (int64_t i = whole; i < n; ++i) nan[0] |= x[i] != x[i];
+  for (int j = 1; j < 16; ++j) nan[0] |= nan[j];
+  if (nan[0]) {  // the whole block NaN
+    memset(codes, -128, n);
+    *scale = __builtin_nanf("");
+    return;
+  }
+  // No NaN: the smallest entry and the largest magnitude, in any order.
+  float low[16], high[16];
+  for (int j = 0; j < 16; ++j) low[j] = x[0];
+  for (int64_t i = 0; i < whole; i += 16)
+    for (int j = 0; j < 16; ++j) low[j] = x[i + j] < low[j] ? x[i + j] : low[j];
+  for (int64_t i = whole; i < n; ++i) low[0] = x[i] < low[0] ? x[i] : low[0];
+  for (int j = 1; j < 16; ++j) low[0] = low[j] < low[0] ? low[j] : low[0];
+  const bool sign = low[0] < 0.f;  // else the unsigned map, of the square roots
+  if (!sign) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8)  // (a NaN is not here: max_ps(x, 0) is x > 0 ? x : 0)
+      _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_max_ps(_mm256_loadu_ps(x + i),
+                                                           _mm256_setzero_ps())));
+#endif
+    for (; i < n; ++i) x[i] = sqrtf(x[i] > 0.f ? x[i] : 0.f);
+  }
+  for (int j = 0; j < 16; ++j) high[j] = 0.f;
+  for (int64_t i = 0; i < whole; i += 16)
+    for (int j = 0; j < 16; ++j) high[j] = fabsf(x[i + j]) > high[j] ? fabsf(x[i + j]) : high[j];
+  for (int64_t i = whole; i < n; ++i) high[0] = fabsf(x[i]) > high[0] ? fabsf(x[i]) : high[0];
+  float absmax = high[0];
+  for (int j = 1; j < 16; ++j) absmax = high[j] > absmax ? high[j] : absmax;
+  // XLA turns the division by the block's (broadcast) absmax into this multiplication.
+  const float by = 1.f / (absmax > 0.f ? absmax : 1.f);
+  const int32_t* below_of = gx_below + (sign ? 0 : 65536);
+  const float* next_of = gx_next + (sign ? 0 : 65536);
+  int64_t i = 0;
+#ifdef __AVX2__  // the same operations, 8 at a time, the table lookups as gathers
+  const __m256 by8 = _mm256_set1_ps(by);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 normed = _mm256_mul_ps(_mm256_loadu_ps(x + i), by8);
+    const __m256i top = _mm256_srli_epi32(_mm256_castps_si256(normed), 16);
+    const __m256i below = _mm256_i32gather_epi32(below_of, top, 4);
+    const __m256 above = _mm256_cmp_ps(normed, _mm256_i32gather_ps(next_of, top, 4),
+                                       _CMP_GT_OQ);
+    // below + 1 where above (its mask is -1), less 128: in [-128, 127], packed to bytes
+    const __m256i code = _mm256_sub_epi32(_mm256_sub_epi32(below, _mm256_castps_si256(above)),
+                                          _mm256_set1_epi32(128));
+    const __m128i half = _mm_packs_epi32(_mm256_castsi256_si128(code),
+                                         _mm256_extracti128_si256(code, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packs_epi16(half, half));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float normed = x[i] * by;
+    uint32_t u;
+    memcpy(&u, &normed, 4);
+    codes[i] = static_cast<int8_t>(below_of[u >> 16] + (normed > next_of[u >> 16] ? 1 : 0) -
+                                   128);
+  }
+  *scale = sign ? -absmax : absmax;
+}
+"""
+
+
+def _init_tables(loop: Any) -> None:
+  """Copies the int8 maps and rounding table into a loaded program that has them."""
+  if hasattr(loop, "gx_tables"):
+    arrays = [np.ascontiguousarray(x) for x in (
+        _quantize._BELOW, _quantize._MIDS.astype(np.float32), _quantize._MAPS.astype(np.float32))]
+    loop.gx_tables(*(a.ctypes.data_as(ctypes.c_void_p) for a in arrays))
+
 
 #: The kernel's dtypes: their C++ storage type and the function rounding a float to them.
 _STORAGE = {jnp.dtype(jnp.float32): ("float", ""), jnp.dtype(jnp.bfloat16): ("uint16_t", "gx_bf16"),
@@ -396,10 +542,14 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   empty = [i for i, x in enumerate(leaves) if x.size == 0 and not any(
       map(_explicit, x.pieces if isinstance(x, Packed) else [x]))]
   skip = set(empty)
+  # With int8 state, the leaves large enough to have it quantized get programs of their own.
+  quantizes = any(map(_quantize.is_quantized,
+                      jax.tree.leaves(states, is_leaf=_quantize.is_quantized)))
   for i, (keys, instead) in enumerate(_leaf_variants(chain, start, params, len(leaves))):
     if i not in skip:
       dtypes = tuple(c[i].dtype for c in columns)
-      groups.setdefault(dtypes + keys, _Group([], dtypes, instead)).positions.append(i)
+      big = quantizes and leaves[i].size >= _quantize.MIN_QUANTIZED_SIZE
+      groups.setdefault(dtypes + keys + (big,), _Group([], dtypes, instead)).positions.append(i)
   if not groups:
     return None
   plans: list[tuple[Any, ...]] = []
@@ -418,8 +568,8 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
         column[i] = v
   _, new_scalars, (pair_tree, kinds) = plans[0]  # every group computes the same scalars
   if empty:  # an empty leaf's parameter and slots are returned as they came
-    slots = [jax.tree.leaves(real) for real, kind in zip(pair_tree.flatten_up_to(states), kinds)
-             if kind == "slot"]
+    slots = [jax.tree.leaves(real, is_leaf=_quantize.is_quantized)
+             for real, kind in zip(pair_tree.flatten_up_to(states), kinds) if kind == "slot"]
     for i in empty:
       for column, values in zip(new_leaves, [leaves] + slots):
         column[i] = values[i]
@@ -450,10 +600,11 @@ def _plan(chain: Any, start: int, group: _Group, columns: list[list[Any]], tree:
   slots, slot_avals, scalars, kinds = [], [], [], []
   for aval, real in flat:
     if tuple(aval.shape) == _PROBE:
-      real_leaves, real_tree = jax.tree.flatten(real)
-      if real_tree != tree or aval.dtype not in _STORAGE or not all(
+      real_leaves, real_tree = jax.tree.flatten(real, is_leaf=_quantize.is_quantized)
+      if real_tree != tree or aval.dtype not in _STORAGE or not (all(
           _stored(real_leaves[i]) and real_leaves[i].dtype == aval.dtype
-          and real_leaves[i].shape == leaves[i].shape for i in group.positions):
+          and real_leaves[i].shape == leaves[i].shape for i in group.positions) or all(
+          _quantized_like(real_leaves[i], leaves[i]) for i in group.positions)):
         return None
       kinds.append("slot")
       slots.append([real_leaves[i] for i in group.positions])
@@ -502,10 +653,13 @@ def _plan(chain: Any, start: int, group: _Group, columns: list[list[Any]], tree:
         new_scalars.append(v)
     outputs = [(out_regs[0], 1)] + [(r, n_in - len(slots) + j)
                                     for j, r in enumerate(out_regs[1:])]
-    source, scalar_operand = b.source(outputs)
+    # A slot kept in int8 (`state_dtype="int8"`) is float32 on the probe, which is too small
+    # to be quantized: the program loads and stores it quantized around the same arithmetic.
+    quantized = [False] * (n_in - len(slots)) + [_quantize.is_quantized(s[0]) for s in slots]
+    source, scalar_operand = b.source(outputs, quantized)
   except (_Unsupported, ValueError):
     return None
-  name = build.program(source)
+  name = build.program(source, init=_init_tables)
   if name is None:
     return None
   at = group.positions
@@ -553,17 +707,29 @@ def _call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Ar
 
 
 def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Array],
-                raw: list[jax.Array] | None, slots: list[list[jax.Array]]
-                ) -> list[list[jax.Array]]:
-  """`_call` over leaves that are arrays: each leaf's arrays are operands of their own."""
-  per_leaf = [[gi, pi] + ([raw[i]] if raw is not None else []) + [s[i] for s in slots]
+                raw: list[jax.Array] | None, slots: list[list[Any]]) -> list[list[Any]]:
+  """`_call` over leaves that are arrays: each leaf's arrays are operands of their own (a
+  quantized slot's two: its codes, then its block scales)."""
+  per_leaf = [[gi, pi] + ([raw[i]] if raw is not None else []) +
+              [x for s in slots for x in (s[i] if _quantize.is_quantized(s[i]) else [s[i]])]
               for i, (gi, pi) in enumerate(zip(g, params))]
+  k = len(per_leaf[0])
+  r = 1 + k - (3 if raw is not None else 2)
+  # Per leaf: the parameter (input 1) is result 0, slot array j (input k - r + 1 + j) result
+  # 1 + j; the bits of `per_block` mark the block scales among the inputs.
+  written = [1] + [k - r + 1 + j for j in range(r - 1)]
+  widths = [2 if _quantize.is_quantized(s[0]) else 1 for s in slots]
+  per_block = sum(1 << (k - r + 1 + j) for j in np.cumsum(widths)[np.equal(widths, 2)] - 1)
+  if per_block:  # one device (`_quantized_like`): no sharding rule needed
+    got = _kernel(name, k, r, written, (scalars, *(x for leaf in per_leaf for x in leaf)),
+                  _BLOCK, per_block)
+    columns = [got[j::r] for j in range(r)]
+    it = iter(columns[1:])
+    return [columns[0]] + [[_quantize.QuantizedArray(*q) for q in zip(c, next(it))]
+                           if w == 2 else c for w, c in zip(widths, it)]
   targets = _explicit_shardings(per_leaf)
   per_leaf = [leaf if t is None else [_reshard(x, t) for x in leaf]
               for leaf, t in zip(per_leaf, targets)]
-  k, r = len(per_leaf[0]), 1 + len(slots)
-  # Per leaf: the parameter (input 1) is result 0, slot j (input k - r + 1 + j) result 1 + j.
-  written = [1] + [k - r + 1 + j for j in range(r - 1)]
   got = _sharded(name, k, r, written, [scalars] + [x for leaf in per_leaf for x in leaf])
   return [[x if t is None else _reshard(x, t) for x, t in zip(got[j::r], targets)]
           for j in range(r)]
@@ -593,11 +759,11 @@ def _reshard(x: jax.Array, sharding: Any) -> jax.Array:
       x, sharding)
 
 
-def _kernel(name: str, k: int, r: int, written: list[int],
-            operands: tuple[jax.Array, ...]) -> list[jax.Array]:
+def _kernel(name: str, k: int, r: int, written: list[int], operands: tuple[jax.Array, ...],
+            block: int = 1, per_block: int = 0) -> list[jax.Array]:
   """Program `name` over `operands` (the scalars, then k arrays a leaf), in `gx_elementwise`
   calls of `_LEAVES_PER_CALL` leaves: r results a leaf, each aliased to its operand
-  (`written`)."""
+  (`written`). `block` and `per_block`: see `elementwise.cc`."""
   scalars, arrays, out = operands[0], operands[1:], []
   for lo in range(0, len(arrays), k * _LEAVES_PER_CALL):
     chunk = arrays[lo:lo + k * _LEAVES_PER_CALL]
@@ -607,7 +773,8 @@ def _kernel(name: str, k: int, r: int, written: list[int],
     aliases = {1 + k * m + i: r * m + j for m in range(n) for j, i in enumerate(written)}
     call = jax.ffi.ffi_call("gx_elementwise", results, input_output_aliases=aliases,
                             vmap_method="sequential")
-    out += call(scalars, *chunk, program=name, k=np.int64(k))
+    out += call(scalars, *chunk, program=name, k=np.int64(k), block=np.int64(block),
+                per_block=np.int64(per_block))
   return out
 
 
@@ -708,6 +875,16 @@ def _stored(x: Any) -> bool:
   if isinstance(x, Packed):
     return all(_stored(p) and p.dtype == x.dtype for p in x.pieces)
   return isinstance(x, jax.Array) and x.dtype in _STORAGE
+
+
+def _quantized_like(x: Any, p: Any) -> bool:
+  """Whether `x` is parameter `p`'s slot kept in int8, one the kernel can step: not packed,
+  in a process with one device. (Its program has no sharding rule: a block's scale is not
+  laid out like the parameter, so under a sharded `jax.jit` XLA would gather the leaf and
+  return it replicated, where the two calls keep the parameter's sharding.)"""
+  return (_quantize.is_quantized(x) and not isinstance(p, Packed) and x.shape == p.shape
+          and x.codes.dtype == jnp.int8 and x.scales.dtype == jnp.float32
+          and x.scales.shape == (_quantize.num_blocks(x.size),) and jax.device_count() == 1)
 
 
 def _packs_alike(p: Any, g: Any) -> bool:
