@@ -168,7 +168,12 @@ def num_blocks(size: int) -> int:
 
 
 def _blocks(x: jax.Array) -> jax.Array:
-  """`x` flattened, zero-padded to whole blocks, as (num_blocks, BLOCK_SIZE)."""
+  """`x` flattened, zero-padded to whole blocks, as (num_blocks, BLOCK_SIZE). On a mesh with
+  explicit axes `x` is first replicated: blocks of the flattened array do not follow its
+  split (JAX refuses the reshape)."""
+  mesh = jax.typeof(x).sharding.mesh
+  if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    x = jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   flat = jnp.ravel(x)
   nb = num_blocks(flat.size)
   return jnp.pad(flat, (0, nb * BLOCK_SIZE - flat.size)).reshape(nb, BLOCK_SIZE)

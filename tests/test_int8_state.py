@@ -9,6 +9,7 @@ error, and the digits demo against float32 AdamW's accuracy.
 import os
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -271,3 +272,24 @@ def test_a_nan_makes_its_block_nan_whole(size):
                                   np.delete(np.asarray(want.scales), 1))
     np.testing.assert_array_equal(np.delete(np.asarray(q.codes), np.s_[256:512]),
                                   np.delete(np.asarray(want.codes), np.s_[256:512]))
+
+
+def test_on_a_mesh_with_explicit_axes_the_state_steps_as_unsplit():
+  """JAX refuses to reshape a split array into blocks of its flattened entries: on explicit
+  axes the blocks are formed from the replicated leaf, and two steps give the unsplit
+  arrays' updates and codes."""
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Explicit,) * 2)
+  x = np.random.default_rng(3).normal(size=(64, 80)).astype(np.float32)
+  tx = gx.adam(1e-2, state_dtype="int8")
+  step = jax.jit(tx.update)
+  runs = []
+  for params in ({"w": jnp.asarray(x)},
+                 {"w": jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("d", "m")))}):
+    state = tx.init(params)
+    for t in (1.0, 2.0):
+      grads = {"w": jnp.sin(params["w"] * t)}
+      updates, state = step(grads, state, params)
+    runs.append((updates, state))
+  chex.assert_trees_all_close(runs[1][0], runs[0][0], rtol=1e-6, atol=1e-9)
+  chex.assert_trees_all_equal(runs[1][1], runs[0][1])
