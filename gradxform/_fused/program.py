@@ -152,9 +152,9 @@ class _Builder:
     inputs, runs the instructions in the trace's order (one float operation each, no
     contraction, 16-bit results rounded) and stores the outputs; parameter and slots are
     updated in place. An input marked in `quantized` (a slot kept in int8) is two buffers,
-    codes and block scales: the loop then steps a block at a time, dequantizing each element
-    as it loads it and quantizing the block's new values once they are all computed, as
-    `gradxform._quantize` does.
+    codes and block scales: the loop then steps a block at a time, dequantizing the block
+    into a local buffer, stepping it there and quantizing it back, as `gradxform._quantize`
+    does.
     """
     def ref(r: int) -> str:
       return f"x{r}" if r < self.k else (f"s{r - self.k}" if r < _TEMP else f"t{r - _TEMP}")
@@ -179,9 +179,8 @@ class _Builder:
                 if q else [f"  {ctype[i]}* __restrict b{buf[i]} = "
                            f"static_cast<{ctype[i]}*>(b[{buf[i]}]);"])
     lines += [f"  const float s{i} = s[{i}];" for i in range(len(self.scalars))]
-    loads = [f"x{i} = " + (f"w{i}[i - at];" if q else
-                                       f"{_LOAD[ctype[i]].format(f'b{buf[i]}[i]')};")
-             for i, q in enumerate(quantized)]
+    loads = [f"x{i} = w{i}[i - at];" if q else
+             f"x{i} = {_LOAD[ctype[i]].format(f'b{buf[i]}[i]')};" for i, q in enumerate(quantized)]
     stores = [f"w{i}[i - at] = {ref(r)};" if quantized[i] else
               f"b{buf[i]}[i] = {_STORE[ctype[i]].format(ref(r))};" for r, i in outputs]
     step = ["const float " + line for line in loads + body] + stores
@@ -240,9 +239,9 @@ _F16 = ("static inline float gx_f16(float x) {\n"
 
 #: Entries per block of a quantized slot (`gradxform._quantize.BLOCK_SIZE`).
 _BLOCK = _quantize.BLOCK_SIZE
-# Only in programs with a quantized slot: `gradxform._quantize`'s `dequantize` of one entry
-# and `quantize` of one block, operation for operation (its maps and rounding table are
-# copied in by `_init_tables` when the program is loaded).
+# Only in programs with a quantized slot: `gradxform._quantize`'s `dequantize` and `quantize`
+# of one block, operation for operation (its maps and rounding table are copied in by
+# `_init_tables` when the program is loaded).
 _INT8 = """#ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -719,7 +718,10 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
   # 1 + j; the bits of `per_block` mark the block scales among the inputs.
   written = [1] + [k - r + 1 + j for j in range(r - 1)]
   widths = [2 if _quantize.is_quantized(s[0]) else 1 for s in slots]
-  per_block = sum(1 << (k - r + 1 + j) for j in np.cumsum(widths)[np.equal(widths, 2)] - 1)
+  per_block, at = 0, k - r + 1  # the first slot's first array
+  for width in widths:
+    per_block |= (1 << (at + 1)) if width == 2 else 0  # a quantized slot's scales
+    at += width
   if per_block:  # one device (`_quantized_like`): no sharding rule needed
     got = _kernel(name, k, r, written, (scalars, *(x for leaf in per_leaf for x in leaf)),
                   _BLOCK, per_block)
