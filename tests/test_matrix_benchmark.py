@@ -68,7 +68,15 @@ def init_bytes(bench):
           for name in ALL}
 
 
-def test_structure(bench, quick):
+def test_quick_run(bench, quick, init_bytes):
+  """The quick run's structure, that every optimizer learns, and the state bytes it reports:
+  one test, so that the run (the module's slow part) is made once, not on each worker."""
+  _structure(bench, quick)
+  _every_optimizer_learns(quick)
+  _reports_the_init_state_bytes(quick, init_bytes)
+
+
+def _structure(bench, quick):
   results, md, png = quick
   cfg = results["config"]
   assert cfg["params"] == N_PARAMS == 151_306
@@ -86,7 +94,7 @@ def test_structure(bench, quick):
   assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_every_optimizer_learns(quick):
+def _every_optimizer_learns(quick):
   # 20 steps on 320 images: the first batch loss is ≈ ln 10 ≈ 2.30; observed final smoothed
   # losses 0.9–1.3 and test accuracies 85–93 % on the 80 test images.
   for name, r in quick[0]["optimizers"].items():
@@ -96,7 +104,7 @@ def test_every_optimizer_learns(quick):
     assert r["test_acc"] > 0.6, (name, r["test_acc"])
 
 
-def test_quick_run_reports_the_init_state_bytes(quick, init_bytes):
+def _reports_the_init_state_bytes(quick, init_bytes):
   for name, r in quick[0]["optimizers"].items():
     assert r["state_bytes"] == init_bytes[name], (name, r["state_bytes"], init_bytes[name])
     assert r["state_bytes_per_param"] == r["state_bytes"] / N_PARAMS
