@@ -70,9 +70,6 @@ bool Stored(ffi::DataType t) {
   return t == ffi::DataType::F32 || t == ffi::DataType::BF16 || t == ffi::DataType::F16;
 }
 
-// Also the arrays of a slot kept quantized: int8 codes (and their float32 block scales).
-bool Loaded(ffi::DataType t) { return Stored(t) || t == ffi::DataType::S8; }
-
 int Cores() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
@@ -113,13 +110,16 @@ Loop Find(std::string_view program) {
 
 // Points `l.buffers[b]` at operand `arg` (read only) or, when `ret` >= 0, at that result, which
 // the caller aliases to the operand. The first array bound sets the leaf's size (`first`);
-// every other must match it, or hold one element per block of `per` elements where `per` > 1
-// (a quantized slot's scales).
+// every other must match it. A quantized slot's arrays: its int8 `codes`, then its float32
+// scales, one element per block of `per` elements (`per` > 1).
 ffi::Error Bind(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, int64_t arg,
-                int64_t ret, bool first, int64_t b, Leaf& l, int64_t per = 1) {
+                int64_t ret, bool first, int64_t b, Leaf& l, int64_t per = 1,
+                bool codes = false) {
   auto x = args.get<ffi::AnyBuffer>(arg);
-  if (x.has_error() || !(first ? Stored(x->element_type()) : Loaded(x->element_type())))
-    return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32, bf16 or f16");
+  const ffi::DataType t = x.has_error() ? ffi::DataType::INVALID : x->element_type();
+  if (codes ? t != ffi::DataType::S8 : (per > 1 ? t != ffi::DataType::F32 : !Stored(t)))
+    return ffi::Error::InvalidArgument("gx_elementwise: leaves must be f32, bf16 or f16 (a "
+                                       "quantized slot: s8 codes, f32 scales)");
   if (first) l.n = x->element_count();
   if (static_cast<int64_t>(x->element_count()) != (per > 1 ? (l.n + per - 1) / per : l.n))
     return ffi::Error::InvalidArgument("gx_elementwise: a leaf's arrays differ in size");
@@ -162,7 +162,7 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
       // written to, their results: the caller aliases each to its operand.
       const int64_t out = i == 1 ? 0 : (i >= k - (r - 1) ? 1 + i - (k - (r - 1)) : -1);
       ffi::Error e = Bind(args, rets, 1 + li * k + i, out < 0 ? -1 : li * r + out, i == 0, i, l,
-                          (per_block >> i) & 1 ? block : 1);
+                          (per_block >> i) & 1 ? block : 1, (per_block >> (i + 1)) & 1);
       if (e.failure()) return e;
     }
     total += l.n;
