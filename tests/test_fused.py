@@ -864,6 +864,37 @@ def test_sharded_jit_runs_the_kernel_on_each_devices_shards(axis_type):
     assert "all-gather" not in hlo and "all-to-all" not in hlo
 
 
+@pytest.mark.parametrize("state_dtype", [None, "int8"])
+@pytest.mark.parametrize("how", ["pmap", "shard_map"])
+def test_fused_per_device_in_pmap_and_shard_map(how, state_dtype):
+  """Inside `pmap` and `shard_map` each device holds its arrays whole: the program runs on
+  each (int8 state too), and each device's step equals its eager one. In `shard_map` the
+  step count varies over the manual axis while the probe's constants do not: the prelude
+  makes them agree (this fell back to the two calls before)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  tx = gx.adam(1e-2, state_dtype=state_dtype)
+  params = {"w": jnp.asarray(np.random.default_rng(8).normal(size=(8, 4_200)), jnp.float32)}
+  grads = jax.tree.map(jnp.sin, params)
+  state = jax.vmap(tx.init)(params)
+  step = lambda p, s, g: gx.update_and_apply(tx, g, s, p)  # noqa: E731
+  if how == "pmap":
+    run = jax.pmap(step)
+  else:
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    params, state, grads = jax.device_put((params, state, grads), NamedSharding(mesh, P("d")))
+    one = lambda p, s, g: jax.tree.map(lambda x: x[None], step(*pick((p, s, g), 0)))  # noqa: E731
+    run = jax.jit(jax.shard_map(one, mesh=mesh, in_specs=P("d"), out_specs=P("d")))
+  assert (TARGET in str(jax.make_jaxpr(run)(params, state, grads))) == KERNELS_ON
+  got = run(params, state, grads)
+  for i in range(8):
+    updates, s = tx.update(pick(grads, i), pick(state, i), pick(params, i))
+    want = (gx.apply_updates(pick(params, i), updates), s)
+    if KERNELS_ON and state_dtype == "int8":  # codes: no tolerance
+      chex.assert_trees_all_equal(pick(got, i), want)
+    else:  # float32 fused, or the jitted two calls: an ulp from the eager chain
+      chex.assert_trees_all_close(pick(got, i)[0], want[0], rtol=1e-6)
+
+
 def test_int8_state_with_several_devices_takes_the_two_calls():
   """The quantized program has no sharding rule (a block's scale is not laid out like the
   parameter): with several devices its leaves take the two calls, which keep a split

@@ -394,7 +394,7 @@ def _walk(b: _Builder, jaxpr: Any, consts: list[Any], args: list[Any]) -> list[A
       if name == "broadcast_in_dim" and tuple(eqn.outvars[0].aval.shape) == _PROBE:
         env[eqn.outvars[0]] = _Uniform(ins[0])  # a scalar repeated: zeros_like, where(c, 0, x)
         continue
-      outs = eqn.primitive.bind(*ins, **eqn.params)
+      outs = eqn.primitive.bind(*_varying_alike(ins), **eqn.params)
       outs = outs if eqn.primitive.multiple_results else [outs]
       for var in eqn.outvars:
         if tuple(var.aval.shape) == _PROBE:
@@ -428,8 +428,25 @@ def _scalar_op(eqn: Any, ins: list[Any]) -> Any:
   params = {k: v for k, v in eqn.params.items() if k != "sharding"}
   if name == "convert_element_type":
     return jnp.asarray(ins[0], params["new_dtype"])
-  return eqn.primitive.bind(*[jnp.asarray(x) for x in ins], **{**params, **(
+  return eqn.primitive.bind(*_varying_alike([jnp.asarray(x) for x in ins]), **{**params, **(
       {"sharding": None} if "sharding" in eqn.params else {})})
+
+
+def _varying(x: Any) -> frozenset[str]:
+  """The manual axes `x` varies over (inside `shard_map`)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "manual_axis_type", None)
+  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def _varying_alike(ins: list[Any]) -> list[Any]:
+  """`ins`, each made varying over the manual axes (`shard_map`) any of them varies over. The
+  probe's trace holds no such types; the real scalars it is evaluated on can (a step count
+  inside `shard_map`), and a primitive's operands must agree."""
+  vma = [_varying(x) for x in ins]
+  union = frozenset().union(*vma)
+  return [x if v == union else jax.lax.pcast(x, tuple(union - v), to="varying")
+          for x, v in zip(ins, vma)]
 
 
 def _instruction(b: _Builder, eqn: Any, ins: list[Any]) -> Any:
@@ -722,7 +739,7 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
   for width in widths:
     per_block |= (1 << (at + 1)) if width == 2 else 0  # a quantized slot's scales
     at += width
-  if per_block:  # one device (`_quantized_like`): no sharding rule needed
+  if per_block:  # local arrays (`_quantized_like`): no sharding rule needed
     got = _kernel(name, k, r, written, (scalars, *(x for leaf in per_leaf for x in leaf)),
                   _BLOCK, per_block)
     columns = [got[j::r] for j in range(r)]
@@ -881,12 +898,21 @@ def _stored(x: Any) -> bool:
 
 def _quantized_like(x: Any, p: Any) -> bool:
   """Whether `x` is parameter `p`'s slot kept in int8, one the kernel can step: not packed,
-  in a process with one device. (Its program has no sharding rule: a block's scale is not
-  laid out like the parameter, so under a sharded `jax.jit` XLA would gather the leaf and
-  return it replicated, where the two calls keep the parameter's sharding.)"""
+  and all of each array here (`_local`). Its program has no sharding rule: a block's scale
+  is not laid out like the parameter, so under a sharded `jax.jit` XLA would gather the leaf
+  and return it replicated, where the two calls keep the parameter's sharding."""
   return (_quantize.is_quantized(x) and not isinstance(p, Packed) and x.shape == p.shape
           and x.codes.dtype == jnp.int8 and x.scales.dtype == jnp.float32
-          and x.scales.shape == (_quantize.num_blocks(x.size),) and jax.device_count() == 1)
+          and x.scales.shape == (_quantize.num_blocks(x.size),)
+          and all(map(_local, (p, x.codes, x.scales))))
+
+
+def _local(x: Any) -> bool:
+  """Whether the trace holds all of array `x`: in a process with one device, or inside
+  `pmap` or `shard_map` (every axis of its mesh manual), not split by a `jax.jit` around."""
+  types = jax.typeof(x).sharding.mesh.axis_types
+  return jax.device_count() == 1 or (bool(types) and all(
+      t == jax.sharding.AxisType.Manual for t in types))
 
 
 def _packs_alike(p: Any, g: Any) -> bool:
