@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradxform._parallel.sharding import explicit_mesh, mesh_of
+
 BLOCK_SIZE = 256
 MIN_QUANTIZED_SIZE = 4096
 
@@ -171,8 +173,8 @@ def _blocks(x: jax.Array) -> jax.Array:
   """`x` flattened, zero-padded to whole blocks, as (num_blocks, BLOCK_SIZE). On a mesh with
   explicit axes `x` is first replicated: blocks of the flattened array do not follow its
   split (JAX refuses the reshape)."""
-  mesh = jax.typeof(x).sharding.mesh
-  if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+  mesh = mesh_of(x)
+  if explicit_mesh(mesh):
     x = jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   flat = jnp.ravel(x)
   nb = num_blocks(flat.size)

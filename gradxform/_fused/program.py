@@ -41,6 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gradxform import _quantize
 from gradxform._base import CHECKED_KEY, apply_updates, fusable, meta
+from gradxform._parallel.sharding import explicit_mesh, mesh_of
 
 #: The probe leaf's shape: a size no scalar state of a transform has.
 _PROBE = (7,)
@@ -346,8 +347,8 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
 def _init_tables(loop: Any) -> None:
   """Copies the int8 maps and rounding table into a loaded program that has them."""
   if hasattr(loop, "gx_tables"):
-    arrays = [np.ascontiguousarray(x) for x in (
-        _quantize._BELOW, _quantize._MIDS.astype(np.float32), _quantize._MAPS.astype(np.float32))]
+    arrays = [np.ascontiguousarray(x, dtype) for x, dtype in (
+        (_quantize._BELOW, np.uint8), (_quantize._MIDS, np.float32), (_quantize._MAPS, np.float32))]
     loop.gx_tables(*(a.ctypes.data_as(ctypes.c_void_p) for a in arrays))
 
 
@@ -763,7 +764,7 @@ def _explicit_shardings(per_leaf: list[list[jax.Array]]) -> list[Any]:
   one abstract evaluation."""
   avals = [[jax.typeof(x) for x in leaf] for leaf in per_leaf]
   explicit = [i for i, leaf in enumerate(avals) if any(
-      t == jax.sharding.AxisType.Explicit for a in leaf for t in a.sharding.mesh.axis_types)]
+      explicit_mesh(a.sharding.mesh) for a in leaf)]
   targets: list[Any] = [None] * len(per_leaf)
   if explicit:
     steps = jax.eval_shape(lambda leaves: [sum(x.astype(jnp.float32) for x in leaf)
@@ -910,7 +911,7 @@ def _quantized_like(x: Any, p: Any) -> bool:
 def _local(x: Any) -> bool:
   """Whether the trace holds all of array `x`: in a process with one device, or inside
   `pmap` or `shard_map` (every axis of its mesh manual), not split by a `jax.jit` around."""
-  types = jax.typeof(x).sharding.mesh.axis_types
+  types = mesh_of(x).axis_types
   return jax.device_count() == 1 or (bool(types) and all(
       t == jax.sharding.AxisType.Manual for t in types))
 
@@ -927,4 +928,4 @@ def _packs_alike(p: Any, g: Any) -> bool:
 
 def _explicit(x: jax.Array) -> bool:
   """Whether `x` lives on a mesh with explicit axes."""
-  return any(t == jax.sharding.AxisType.Explicit for t in jax.typeof(x).sharding.mesh.axis_types)
+  return explicit_mesh(mesh_of(x))

@@ -47,3 +47,15 @@ def specs(tree: Any) -> Any:
       entries.pop()
     return PartitionSpec(*entries)
   return jax.tree.map(spec, tree)
+
+
+def explicit_mesh(mesh: Any) -> bool:
+  """Whether `mesh` has an axis of type Explicit (JAX's shardings in types). Library-internal."""
+  explicit = getattr(jax.sharding.AxisType, "Explicit", None)
+  return explicit is not None and any(t == explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def mesh_of(x: Any) -> Any:
+  """The (abstract) mesh array `x` lives on in the current trace; one without axes when
+  nothing says (outside any mesh, or under `jax.jit` without explicit axes). Library-internal."""
+  return jax.typeof(x).sharding.mesh

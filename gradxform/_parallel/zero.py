@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gradxform import _check
 from gradxform._base import GradientTransformation, transform, update_and_apply
 from gradxform._equality import Fn
+from gradxform._parallel.sharding import explicit_mesh
 
 
 def _axis_size(mesh: Mesh, axis_name: str) -> int:
@@ -64,14 +65,9 @@ def zero1_shardings(tree: Any, mesh: Mesh, axis_name: str = "data") -> Any:
                       tree)
 
 
-def _explicit(mesh: Any) -> bool:
-  explicit = getattr(jax.sharding.AxisType, "Explicit", None)
-  return explicit is not None and any(t == explicit for t in getattr(mesh, "axis_types", ()))
-
-
 def _place(x: Any, sharding: NamedSharding) -> Any:
   """Moves `x` to `sharding`: inside jit a resharding (a slice when `x` is replicated)."""
-  if _explicit(sharding.mesh):
+  if explicit_mesh(sharding.mesh):
     return jax.sharding.reshard(x, sharding)
   if isinstance(x, jax.core.Tracer):
     return jax.lax.with_sharding_constraint(x, sharding)
@@ -125,7 +121,7 @@ def zero1(inner: GradientTransformation, mesh: Mesh, *,
 
   def gathered(x, like):
     target = replicated
-    if _explicit(mesh) and isinstance(like, jax.core.Tracer):
+    if explicit_mesh(mesh) and isinstance(like, jax.core.Tracer):
       sharding = jax.typeof(like).sharding
       if isinstance(sharding, NamedSharding):
         target = NamedSharding(mesh, sharding.spec)
