@@ -182,7 +182,12 @@ class _Builder:
     lines += [f"  const float s{i} = s[{i}];" for i in range(len(self.scalars))]
     loads = [f"x{i} = w{i}[i - at];" if q else
              f"x{i} = {_LOAD[ctype[i]].format(f'b{buf[i]}[i]')};" for i, q in enumerate(quantized)]
+    # Registers whose value is already bfloat16: its bits are stored without a second rounding.
+    exact_bf16 = {i for i, d in enumerate(self.in_dtypes) if d == jnp.bfloat16} | {
+        dst for _, dst, _, rounding in self.code if rounding == "gx_bf16"}
     stores = [f"w{i}[i - at] = {ref(r)};" if quantized[i] else
+              f"b{buf[i]}[i] = gx_bf16_upper({ref(r)});" if ctype[i] == "uint16_t"
+              and r in exact_bf16 else
               f"b{buf[i]}[i] = {_STORE[ctype[i]].format(ref(r))};" for r, i in outputs]
     step = ["const float " + line for line in loads + body] + stores
     if not blocked:
@@ -216,7 +221,7 @@ static inline uint32_t gx_bf16_round(float x) {
   uint32_t u;
   memcpy(&u, &x, 4);
   const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
-  return ((u & 0x7fffffffu) > 0x7f800000u ? (u | 0x400000u) : rounded) & 0xffff0000u;
+  return (x != x ? (u | 0x400000u) : rounded) & 0xffff0000u;
 }
 static inline float gx_bf16(float x) {
   const uint32_t u = gx_bf16_round(x);
@@ -226,6 +231,12 @@ static inline float gx_bf16(float x) {
 }
 static inline uint16_t gx_bf16_bits(float x) {
   return static_cast<uint16_t>(gx_bf16_round(x) >> 16);
+}
+// The bits of a value already bfloat16 (rounded by the program, or loaded): no second rounding.
+static inline uint16_t gx_bf16_upper(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return static_cast<uint16_t>(u >> 16);
 }
 static inline float gx_from_bf16(uint16_t h) {
   const uint32_t u = static_cast<uint32_t>(h) << 16;
