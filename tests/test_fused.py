@@ -1033,19 +1033,31 @@ def test_each_program_is_one_generated_loop_in_the_traces_order():
   try:
     build.program = lambda src, **kw: sources.append(src) or real(src, **kw)
     program(gx.sgd(1e-2, momentum=0.9), {"w": jnp.ones((3,))})
+    program(gx.sgd(1e-2, momentum=0.9), {"w": jnp.ones((3,), jnp.bfloat16)})
     with mock.patch.object(jax, "device_count", lambda *a: 1):  # see the int8 tests
       program(gx.sgd(1e-2, momentum=0.9, state_dtype="int8"), {"w": jnp.ones((5000,))})
   finally:
     build.program = real
   if not KERNELS_ON:
     return
-  (src, src8) = sources
+  (src, src16, src8) = sources
   body = [ln.strip() for ln in src.splitlines() if ln.startswith("    ")]
   # x0 = g, x1 = θ, x2 = b; s0 = μ, s1 = −η: two products, two sums, two stores.
   step = ["const float t0 = (s0 * x2);", "const float t1 = (t0 + x0);",
           "const float t2 = (s1 * t1);", "const float t3 = (x1 + t2);", "b1[i] = t3;"]
   assert body == ["const float x0 = b0[i];", "const float x1 = b1[i];",
                   "const float x2 = b2[i];", *step, "b2[i] = t1;"], body
+  # In bfloat16: each result rounded once (XLA's rounding; μb + g is one float32 expression
+  # rounded as the slot's dtype, once for each use), and stored by its upper half, not rounded
+  # a second time.
+  loop16 = src16[src16.index('extern "C" void gx_run'):]
+  body16 = [ln.strip() for ln in loop16.splitlines() if ln.startswith("    ")]
+  assert body16 == [*[f"const float x{i} = gx_from_bf16(b{i}[i]);" for i in range(3)],
+                    "const float t0 = (s0 * x2);", "const float t1 = (t0 + x0);",
+                    "const float t2 = gx_bf16(t1);", "const float t3 = gx_bf16(t1);",
+                    "const float t4 = gx_bf16((s1 * t2));",
+                    "const float t5 = gx_bf16((x1 + t4));",
+                    "b1[i] = gx_bf16_upper(t5);", "b2[i] = gx_bf16_upper(t3);"], body16
   # With b in int8 (codes b2, scales b3): a block at a time, b dequantized into w2, stepped
   # there, then quantized.
   loop8 = src8[src8.index('extern "C" void gx_run'):]
