@@ -183,8 +183,32 @@ def _blocks(x: jax.Array) -> jax.Array:
 
 def quantize(x: jax.Array) -> QuantizedArray:
   """`x` (any float dtype) as a `QuantizedArray`: per block, absmax scaling and nearest code
-  (of `x` in a signed block, of `√x` in an unsigned one)."""
+  (of `x` in a signed block, of `√x` in an unsigned one).
+
+  On CPU a kernel does it where it can (`gradxform._fused.codec`), bit-equal to `_quantize_xla`.
+  """
   x = jnp.asarray(x)
+  return _quantize_kernel(x) if _codec_usable(x) else _quantize_xla(x)
+
+
+def _codec_usable(x: jax.Array) -> bool:
+  from gradxform._fused import codec
+  return codec.usable(x)
+
+
+@jax.custom_jvp
+def _quantize_kernel(x: jax.Array) -> QuantizedArray:
+  from gradxform._fused import codec
+  return QuantizedArray(*codec.quantize(x))
+
+
+@_quantize_kernel.defjvp
+def _quantize_kernel_jvp(primals: Any, tangents: Any) -> Any:
+  return jax.jvp(_quantize_xla, primals, tangents)  # the same values; XLA's derivative
+
+
+def _quantize_xla(x: jax.Array) -> QuantizedArray:
+  """`quantize` in XLA operations (the reference, and the path on other backends)."""
   blocks = _blocks(x.astype(jnp.float32))
   # A block holding a NaN becomes NaN whole (scale NaN, code 0): said here, because XLA's
   # min and max reductions may or may not skip a NaN, depending on the array's shape.
@@ -200,14 +224,31 @@ def quantize(x: jax.Array) -> QuantizedArray:
 
 
 def dequantize(q: QuantizedArray, dtype: Any = jnp.float32) -> jax.Array:
-  """The float array `q` stands for, in `dtype`."""
-  shape, size = q.codes.shape, math.prod(q.codes.shape)
-  idx = _blocks(q.codes.astype(jnp.int32) + 128)
-  signed = (q.scales < 0)[:, None]
+  """The float array `q` stands for, in `dtype` (on CPU by a kernel where it can)."""
+  values = (_dequantize_kernel(q.codes, q.scales) if _codec_usable(q.codes)
+            else _dequantize_xla(q.codes, q.scales))
+  return values.astype(dtype)
+
+
+@jax.custom_jvp
+def _dequantize_kernel(codes: jax.Array, scales: jax.Array) -> jax.Array:
+  from gradxform._fused import codec
+  return codec.dequantize(codes, scales)
+
+
+@_dequantize_kernel.defjvp
+def _dequantize_kernel_jvp(primals: Any, tangents: Any) -> Any:
+  return jax.jvp(_dequantize_xla, primals, tangents)
+
+
+def _dequantize_xla(codes: jax.Array, scales: jax.Array) -> jax.Array:
+  """`dequantize` in XLA operations, in float32."""
+  idx = _blocks(codes.astype(jnp.int32) + 128)
+  signed = (scales < 0)[:, None]
   values = jnp.asarray(_MAPS)[idx + jnp.where(signed, 0, 256)]
-  values = values * jnp.abs(q.scales)[:, None]
+  values = values * jnp.abs(scales)[:, None]
   values = jnp.where(signed, values, jnp.square(values))
-  return values.reshape(-1)[:size].reshape(shape).astype(dtype)
+  return values.reshape(-1)[:codes.size].reshape(codes.shape)
 
 
 def zeros_like(p: Any) -> Any:

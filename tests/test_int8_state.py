@@ -7,6 +7,7 @@ error, and the digits demo against float32 AdamW's accuracy.
 """
 
 import os
+import shutil
 import sys
 
 import chex
@@ -21,6 +22,27 @@ import gradxform.testing
 from gradxform import _quantize
 
 BLOCK = 256
+KERNELS_ON = bool(shutil.which(os.environ.get("CXX", "c++"))) and os.environ.get(
+    "GRADXFORM_KERNELS", "1") != "0"
+
+
+@pytest.fixture(params=["kernel", "xla"])
+def codec(request, monkeypatch):
+  """Runs a test on both forms of `quantize` / `dequantize`: the CPU kernel (where the trace
+  holds whole arrays: one device, as a user's process usually has; this suite fakes 8) and
+  XLA's operations."""
+  if request.param == "kernel":
+    monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  else:
+    monkeypatch.setattr(_quantize, "_codec_usable", lambda x: False)
+  jax.clear_caches()  # traces of `quantize` made under the other form
+  assert _uses_kernel(jnp.ones(5000)) == (KERNELS_ON and request.param == "kernel")
+  yield request.param
+  jax.clear_caches()
+
+
+def _uses_kernel(x):
+  return "gx_codec" in jax.jit(_quantize.quantize).lower(x).as_text()
 
 
 def _paper_map(signed):
@@ -79,7 +101,7 @@ def _blockwise(x):
   return [flat[i * BLOCK:(i + 1) * BLOCK] for i in range(nb)]
 
 
-def test_signed_blocks_error_bound_zeros_and_signs():
+def test_signed_blocks_error_bound_zeros_and_signs(codec):
   rng = np.random.default_rng(0)
   x = rng.standard_t(2, size=(97, 101)).astype(np.float32)   # heavy tails, a ragged last block
   x[3, :50] = 0.0
@@ -105,7 +127,7 @@ def test_signed_blocks_error_bound_zeros_and_signs():
                 np.sign(x[np.abs(x) > 1e-3 * np.max(np.abs(x))]))
 
 
-def test_unsigned_blocks_store_the_root():
+def test_unsigned_blocks_store_the_root(codec):
   # Non-negative blocks (second moments) use the unsigned map on √x: the error of √x is bounded
   # by the map's, zeros stay zero, and values 1e-10 of the block's largest are not lost.
   rng = np.random.default_rng(1)
@@ -121,7 +143,7 @@ def test_unsigned_blocks_store_the_root():
   assert np.all(y[tiny] > 0)
 
 
-def test_zero_and_constant_blocks_are_exact():
+def test_zero_and_constant_blocks_are_exact(codec):
   z = _quantize.quantize(jnp.zeros(3000))
   assert np.all(np.asarray(_quantize.dequantize(z)) == 0)
   for v in (0.1, 2.5):
@@ -256,7 +278,7 @@ def test_digits_adamw_int8_matches_float32():
 
 
 @pytest.mark.parametrize("size", [512, 300_001])
-def test_a_nan_makes_its_block_nan_whole(size):
+def test_a_nan_makes_its_block_nan_whole(size, codec):
   """A NaN entry makes its block of 256 NaN (scale NaN), and leaves the other blocks as they
   would be, eagerly and under jit: XLA:CPU's min and max reductions skip a NaN for some shapes
   (the 300,001 entries here) and not for others, so `quantize` says it itself."""
@@ -293,3 +315,81 @@ def test_on_a_mesh_with_explicit_axes_the_state_steps_as_unsplit():
     runs.append((updates, state))
   chex.assert_trees_all_close(runs[1][0], runs[0][0], rtol=1e-6, atol=1e-9)
   chex.assert_trees_all_equal(runs[1][1], runs[0][1])
+
+
+def _inputs():
+  """Arrays of every kind of block: signed, non-negative (the unsigned map), zero, NaN, a
+  range of 1e17 in one block, ragged last blocks; up to two threads' parts (≥ 128k)."""
+  rng = np.random.default_rng(4)
+  out = []
+  for shape in [(4096,), (513, 77), (300_001,)]:
+    x = rng.standard_normal(shape).astype(np.float32)
+    wide = x * np.exp(rng.uniform(-20, 20, shape)).astype(np.float32)
+    nan = x.copy()
+    nan.reshape(-1)[[5, 700, x.size - 1]] = np.nan
+    zeros = x.copy()
+    zeros.reshape(-1)[256:1024] = 0.0
+    out += [x, np.abs(x) ** 3, wide, np.abs(wide), nan, zeros, -np.abs(x)]
+  return out
+
+
+def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):
+  """`quantize` / `dequantize` by the CPU kernel (`gradxform._fused.codec`) against the same
+  in XLA's operations (the form other backends run, itself checked against NumPy above):
+  codes, scales and values bit for bit, eagerly, under `jit`, `vmap` and `pmap`, and their
+  derivatives (XLA's, by `custom_jvp`)."""
+  from gradxform._fused import codec
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  jax.clear_caches()
+  assert _uses_kernel(jnp.ones(5000)) == KERNELS_ON
+  q_xla = jax.jit(_quantize._quantize_xla)
+  dq_xla = jax.jit(_quantize._dequantize_xla)
+  for x in _inputs():
+    x = jnp.asarray(x)
+    assert codec.usable(x) == KERNELS_ON
+    want = q_xla(x)
+    want_values = dq_xla(*want)
+    for f in (lambda f: f, jax.jit):
+      got = f(_quantize.quantize)(x)
+      chex.assert_trees_all_equal(got, want)
+      chex.assert_trees_all_equal(f(_quantize.dequantize)(want), want_values)
+  # A batch of three leaves: each quantized on its own.
+  xs = jnp.asarray(np.stack([x[:5000] for x in _inputs()[:3]]))
+  chex.assert_trees_all_equal(jax.vmap(_quantize.quantize)(xs), jax.vmap(q_xla)(xs))
+  chex.assert_trees_all_equal(jax.pmap(_quantize.quantize)(xs), jax.vmap(q_xla)(xs))
+  q = jax.vmap(q_xla)(xs)
+  chex.assert_trees_all_equal(jax.vmap(_quantize.dequantize)(q), jax.vmap(dq_xla)(*q))
+  # Derivatives: of the scales by the input, of the values by the scales.
+  x, t = xs[0], jnp.cos(xs[1])
+  chex.assert_trees_all_equal(jax.jvp(_quantize.quantize, (x,), (t,))[1].scales,
+                              jax.jvp(_quantize._quantize_xla, (x,), (t,))[1].scales)
+  loss = lambda s, dq: jnp.sum(dq(_quantize.QuantizedArray(q.codes[0], s)) ** 2)  # noqa: E731
+  chex.assert_trees_all_equal(
+      jax.grad(loss)(q.scales[0], _quantize.dequantize),
+      jax.grad(loss)(q.scales[0], lambda q: _quantize._dequantize_xla(*q)))
+
+
+def test_the_two_calls_with_the_kernel_equal_xlas_operations(monkeypatch):
+  """Adam's two calls (`update`, `apply_updates`), where the kernel quantizes and dequantizes
+  the moments, against the same steps with XLA's operations: the same codes, scales and
+  parameters, bit for bit, over 3 steps."""
+  params = _big_tree()
+  tx = gx.adam(1e-2, state_dtype="int8")
+  runs = []
+  for usable in (True, False):
+    monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+    if not usable:
+      monkeypatch.setattr(_quantize, "_codec_usable", lambda x: False)
+    jax.clear_caches()
+    assert _uses_kernel(jnp.ones(5000)) == (KERNELS_ON and usable)
+
+    @jax.jit
+    def step(g, s, p):
+      u, s = tx.update(g, s, p)
+      return gx.apply_updates(p, u), s
+    p, s = params, tx.init(params)
+    for t in (1.0, 2.0, 3.0):
+      g = jax.tree.map(lambda x: jnp.sin(jnp.arange(x.size).reshape(x.shape) * t), p)
+      p, s = step(g, s, p)
+    runs.append((p, s))
+  chex.assert_trees_all_equal(runs[0], runs[1])

@@ -29,7 +29,8 @@ _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-pthread", 
           # no fused multiply-add contraction; `sqrt` needs no errno, so it vectorizes.
           "-ffp-contract=off", "-fno-math-errno")
 #: The FFI targets registered, with the symbol that implements each.
-TARGETS = {"gx_elementwise": "GxElementwise", "gx_elementwise_packed": "GxElementwisePacked"}
+TARGETS = {"gx_elementwise": "GxElementwise", "gx_elementwise_packed": "GxElementwisePacked",
+           "gx_codec": "GxCodec"}
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}

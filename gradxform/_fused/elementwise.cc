@@ -241,6 +241,50 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
   return ffi::Error::Success();
 }
 
+// `gx_codec`: an int8 state leaf's codes and block scales from its float32 values
+// (`quantize` = 1; operand: the values; results: the codes, then the scales), or the values
+// from the codes and scales (`quantize` = 0), by the loop registered as `program`
+// (gradxform/_fused/codec.py). The loop's buffers are always {values, codes, scales} and it
+// steps whole blocks of `block` entries, so each thread gets whole blocks.
+ffi::Error Codec(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view program,
+                 int64_t block, int64_t quantize) {
+  Loop loop = Find(program);
+  if (loop == nullptr)
+    return ffi::Error::Internal("gx_codec: program " + std::string(program) +
+                               " is not loaded in this process");
+  if (block < 1 || args.size() != (quantize ? 1u : 2u) || rets.size() != (quantize ? 2u : 1u))
+    return ffi::Error::InvalidArgument("gx_codec: operands do not match the direction");
+  // Each array's data, element type and size: {values, codes, scales}.
+  void* data[3];
+  ffi::DataType type[3];
+  int64_t size[3];
+  for (int64_t j = 0; j < 3; ++j) {
+    const bool in = quantize ? j == 0 : j > 0;  // an operand, else a result
+    const int64_t at = quantize ? (in ? 0 : j - 1) : (in ? j - 1 : 0);
+    if (in) {
+      auto x = args.get<ffi::AnyBuffer>(at);
+      if (x.has_error()) return ffi::Error::InvalidArgument("gx_codec: a missing operand");
+      data[j] = x->untyped_data(), type[j] = x->element_type(), size[j] = x->element_count();
+    } else {
+      auto y = rets.get<ffi::AnyBuffer>(at);
+      if (y.has_error()) return ffi::Error::InvalidArgument("gx_codec: a missing result");
+      data[j] = (*y)->untyped_data(), type[j] = (*y)->element_type();
+      size[j] = (*y)->element_count();
+    }
+  }
+  if (type[0] != ffi::DataType::F32 || type[1] != ffi::DataType::S8 ||
+      type[2] != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("gx_codec: f32 values, s8 codes and f32 scales expected");
+  const int64_t n = size[0];
+  if (size[1] != n || size[2] != (n + block - 1) / block)
+    return ffi::Error::InvalidArgument("gx_codec: codes or scales of the wrong size");
+  std::vector<Leaf> leaf(1);
+  leaf[0].buffers = {data[0], data[1], data[2]};
+  leaf[0].n = n;
+  Run(loop, nullptr, leaf, n, block);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Makes the compiled program `fn` callable as `name` (gradxform/_fused/build.py calls this).
@@ -266,3 +310,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwisePacked, ApplyPacked,
                                   .Attr<int64_t>("k")
                                   .Attr<int64_t>("shared_update")
                                   .Attr<ffi::Span<const int64_t>>("offsets"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GxCodec, Codec,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<std::string_view>("program")
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("quantize"));
