@@ -318,8 +318,8 @@ def test_on_a_mesh_with_explicit_axes_the_state_steps_as_unsplit():
 
 
 def _inputs():
-  """Arrays of every kind of block: signed, non-negative (the unsigned map), zero, NaN, a
-  range of 1e17 in one block, ragged last blocks; up to two threads' parts (≥ 128k)."""
+  """Arrays of every kind of block: signed, non-negative (the unsigned map), zero, NaN, ±inf,
+  a range of 1e17 in one block, ragged last blocks; up to two threads' parts (≥ 128k)."""
   rng = np.random.default_rng(4)
   out = []
   for shape in [(4096,), (513, 77), (300_001,)]:
@@ -329,7 +329,11 @@ def _inputs():
     nan.reshape(-1)[[5, 700, x.size - 1]] = np.nan
     zeros = x.copy()
     zeros.reshape(-1)[256:1024] = 0.0
-    out += [x, np.abs(x) ** 3, wide, np.abs(wide), nan, zeros, -np.abs(x)]
+    inf = x.copy()
+    inf.reshape(-1)[[3, 1000]] = [np.inf, -np.inf]
+    inf.reshape(-1)[2000] = np.inf  # in a non-negative block
+    inf.reshape(-1)[1792:2048] = np.abs(inf.reshape(-1)[1792:2048])
+    out += [x, np.abs(x) ** 3, wide, np.abs(wide), nan, zeros, -np.abs(x), inf]
   return out
 
 

@@ -287,46 +287,56 @@ static void gx_dequantize(const int8_t* codes, float scale, int64_t n, float* x)
   }
 }
 static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
-  // Lanes of 16 for the whole part of the block, so that the loops vectorize.
-  const int64_t whole = n / 16 * 16;
-  int nan[16] = {0};
-  for (int64_t i = 0; i < whole; i += 16)
-    for (int j = 0; j < 16; ++j) nan[j] |= x[i + j] != x[i + j];
-  for (int64_t i = whole; i < n; ++i) nan[0] |= x[i] != x[i];
-  for (int j = 1; j < 16; ++j) nan[0] |= nan[j];
-  if (nan[0]) {  // the whole block NaN
+  // Whether a NaN is here, and the smallest entry (min and max are exact in any order).
+  bool nan = false;
+  float low = x[0], absmax = 0.f, lanes[8];
+  int64_t i = 0;
+#ifdef __AVX2__
+  __m256 nan8 = _mm256_setzero_ps(), low8 = _mm256_set1_ps(x[0]);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    low8 = _mm256_min_ps(v, low8);  // v < low8 ? v : low8
+  }
+  nan = _mm256_movemask_ps(nan8) != 0;
+  _mm256_storeu_ps(lanes, low8);
+  for (int j = 0; j < 8; ++j) low = lanes[j] < low ? lanes[j] : low;
+#endif
+  for (; i < n; ++i) {
+    nan |= x[i] != x[i];
+    low = x[i] < low ? x[i] : low;
+  }
+  if (nan) {  // the whole block NaN
     memset(codes, -128, n);
     *scale = __builtin_nanf("");
     return;
   }
-  // No NaN: the smallest entry and the largest magnitude, in any order.
-  float low[16], high[16];
-  for (int j = 0; j < 16; ++j) low[j] = x[0];
-  for (int64_t i = 0; i < whole; i += 16)
-    for (int j = 0; j < 16; ++j) low[j] = x[i + j] < low[j] ? x[i + j] : low[j];
-  for (int64_t i = whole; i < n; ++i) low[0] = x[i] < low[0] ? x[i] : low[0];
-  for (int j = 1; j < 16; ++j) low[0] = low[j] < low[0] ? low[j] : low[0];
-  const bool sign = low[0] < 0.f;  // else the unsigned map, of the square roots
-  if (!sign) {
-    int64_t i = 0;
+  const bool sign = low < 0.f;  // else the unsigned map, of the square roots (taken in place)
+  // The largest magnitude.
+  i = 0;
 #ifdef __AVX2__
-    for (; i + 8 <= n; i += 8)  // (a NaN is not here: max_ps(x, 0) is x > 0 ? x : 0)
-      _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_max_ps(_mm256_loadu_ps(x + i),
-                                                           _mm256_setzero_ps())));
-#endif
-    for (; i < n; ++i) x[i] = sqrtf(x[i] > 0.f ? x[i] : 0.f);
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 high8 = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    if (!sign) {  // (no NaN here: max_ps(v, 0) is v > 0 ? v : 0)
+      v = _mm256_sqrt_ps(_mm256_max_ps(v, _mm256_setzero_ps()));
+      _mm256_storeu_ps(x + i, v);
+    }
+    high8 = _mm256_max_ps(_mm256_and_ps(v, magnitude), high8);
   }
-  for (int j = 0; j < 16; ++j) high[j] = 0.f;
-  for (int64_t i = 0; i < whole; i += 16)
-    for (int j = 0; j < 16; ++j) high[j] = fabsf(x[i + j]) > high[j] ? fabsf(x[i + j]) : high[j];
-  for (int64_t i = whole; i < n; ++i) high[0] = fabsf(x[i]) > high[0] ? fabsf(x[i]) : high[0];
-  float absmax = high[0];
-  for (int j = 1; j < 16; ++j) absmax = high[j] > absmax ? high[j] : absmax;
+  _mm256_storeu_ps(lanes, high8);
+  for (int j = 0; j < 8; ++j) absmax = lanes[j] > absmax ? lanes[j] : absmax;
+#endif
+  for (; i < n; ++i) {
+    if (!sign) x[i] = sqrtf(x[i] > 0.f ? x[i] : 0.f);
+    absmax = fabsf(x[i]) > absmax ? fabsf(x[i]) : absmax;
+  }
   // XLA turns the division by the block's (broadcast) absmax into this multiplication.
   const float by = 1.f / (absmax > 0.f ? absmax : 1.f);
   const int32_t* below_of = gx_below + (sign ? 0 : 65536);
   const float* next_of = gx_next + (sign ? 0 : 65536);
-  int64_t i = 0;
+  i = 0;
 #ifdef __AVX2__  // the same operations, 8 at a time, the table lookups as gathers
   const __m256 by8 = _mm256_set1_ps(by);
   for (; i + 8 <= n; i += 8) {
