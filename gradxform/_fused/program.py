@@ -254,7 +254,7 @@ _BLOCK = _quantize.BLOCK_SIZE
 # Only in programs with a quantized slot: `gradxform._quantize`'s `dequantize` and `quantize`
 # of one block, operation for operation (its maps and rounding table are copied in by
 # `_init_tables` when the program is loaded).
-_INT8 = """#ifdef __AVX2__
+_INT8 = """#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 static int32_t gx_below[131072];  // per map and top 16 bits: the midpoints below the range
@@ -273,7 +273,15 @@ static void gx_dequantize(const int8_t* codes, float scale, int64_t n, float* x)
   const float size = fabsf(scale);
   const bool root = !(scale < 0.f);  // an unsigned block holds square roots
   int64_t i = 0;
-#ifdef __AVX2__  // the same operations, 8 at a time, the map's lookups as gathers
+#ifdef __AVX512F__  // the same operations, 16 at a time, the map's lookups as gathers
+  for (; i + 16 <= n; i += 16) {
+    const __m512i code = _mm512_cvtepi8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
+    __m512 v = _mm512_mul_ps(_mm512_i32gather_ps(code, map, 4), _mm512_set1_ps(size));
+    _mm512_storeu_ps(x + i, root ? _mm512_mul_ps(v, v) : v);
+  }
+#endif
+#ifdef __AVX2__  // 8 at a time
   for (; i + 8 <= n; i += 8) {
     const __m256i code = _mm256_cvtepi8_epi32(
         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
@@ -337,7 +345,22 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
   const int32_t* below_of = gx_below + (sign ? 0 : 65536);
   const float* next_of = gx_next + (sign ? 0 : 65536);
   i = 0;
-#ifdef __AVX2__  // the same operations, 8 at a time, the table lookups as gathers
+#ifdef __AVX512F__  // the same operations, 16 at a time, the table lookups as gathers
+  const __m512 by16 = _mm512_set1_ps(by);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 normed = _mm512_mul_ps(_mm512_loadu_ps(x + i), by16);
+    const __m512i top = _mm512_srli_epi32(_mm512_castps_si512(normed), 16);
+    const __m512i below = _mm512_i32gather_epi32(top, below_of, 4);
+    const __mmask16 above = _mm512_cmp_ps_mask(normed, _mm512_i32gather_ps(top, next_of, 4),
+                                               _CMP_GT_OQ);
+    // below + 1 where above, less 128: in [-128, 127], narrowed to bytes
+    const __m512i code = _mm512_sub_epi32(
+        _mm512_mask_add_epi32(below, above, below, _mm512_set1_epi32(1)),
+        _mm512_set1_epi32(128));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(code));
+  }
+#endif
+#ifdef __AVX2__  // 8 at a time
   const __m256 by8 = _mm256_set1_ps(by);
   for (; i + 8 <= n; i += 8) {
     const __m256 normed = _mm256_mul_ps(_mm256_loadu_ps(x + i), by8);
