@@ -382,8 +382,10 @@ def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):
 def test_the_two_calls_with_the_kernel_equal_xlas_operations(monkeypatch):
   """Adam's two calls (`update`, `apply_updates`), where the kernel quantizes and dequantizes
   the moments, against the same steps with XLA's operations: the same codes, scales and
-  parameters, bit for bit, over 3 steps."""
-  params = _big_tree()
+  parameters, bit for bit, over 3 steps. Eagerly: under `jax.jit` at XLA's default
+  optimization level XLA rewrites Adam's arithmetic itself (even a float32-state leaf then
+  differs from the eager step by an ulp in places), so only eager steps compare bit for bit."""
+  params = {"w": jnp.zeros((300, 301)), "v": jnp.zeros((300, 301)), "b": jnp.zeros(3000)}
   tx = gx.adam(1e-2, state_dtype="int8")
   runs = []
   for usable in (True, False):
@@ -391,12 +393,11 @@ def test_the_two_calls_with_the_kernel_equal_xlas_operations(monkeypatch):
     if not usable:
       monkeypatch.setattr(_quantize, "_codec_usable", lambda x: False)
 
-    @jax.jit
     def step(g, s, p):
       u, s = tx.update(g, s, p)
       return gx.apply_updates(p, u), s
     p, s = params, tx.init(params)
-    assert ("gx_codec" in step.lower(p, s, p).as_text()) == (KERNELS_ON and usable)
+    assert ("gx_codec" in jax.jit(step).lower(p, s, p).as_text()) == (KERNELS_ON and usable)
     for t in (1.0, 2.0, 3.0):
       g = jax.tree.map(lambda x, t=t: jnp.sin(jnp.arange(x.size).reshape(x.shape) * t), p)
       p, s = step(g, s, p)
