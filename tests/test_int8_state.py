@@ -322,7 +322,8 @@ def test_on_a_mesh_with_explicit_axes_the_state_steps_as_unsplit():
 
 def _inputs():
   """Arrays of every kind of block: signed, non-negative (the unsigned map), zero, NaN, ±inf,
-  a range of 1e17 in one block, ragged last blocks; up to two threads' parts (≥ 128k)."""
+  a range of 1e17 in one block, ragged last blocks, the maps' midpoints; up to two threads'
+  parts (≥ 128k)."""
   rng = np.random.default_rng(4)
   out = []
   for shape in [(4096,), (513, 77), (300_001,)]:
@@ -339,7 +340,12 @@ def _inputs():
     kinds = [x, nan, inf] + ([np.abs(x) ** 3, wide, np.abs(wide), zeros, -np.abs(x)]
                              if x.size < 100_000 else [])
     out += kinds
-  return out
+  # Every midpoint of both maps and its neighbouring floats, 255 a block beside a 1 (the
+  # block's absmax, so they are rounded as they are): ties and the values either side.
+  mids = np.concatenate([_quantize._SIGNED_MIDS, _quantize._UNSIGNED_MIDS])
+  ties = np.concatenate([mids, np.nextafter(mids, 2), np.nextafter(mids, -2)]).astype(np.float32)
+  ties = np.concatenate([np.resize(ties, (6, 255)), np.ones((6, 1), np.float32)], axis=1)
+  return out + [ties.reshape(-1), np.abs(ties).reshape(-1)]
 
 
 def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):

@@ -257,15 +257,28 @@ _BLOCK = _quantize.BLOCK_SIZE
 _INT8 = """#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-static int32_t gx_below[131072];  // per map and top 16 bits: the midpoints below the range
-static float gx_next[131072];     // ... and the next midpoint (+inf after the last)
+// Per map and top 16 bits of a float32 (a range of 65,536 values), one int32 for SIMD
+// gathers: bits 0-7 the number of midpoints below the range; bit 8 set when the next midpoint
+// lies in the range itself (at most one does), bits 16-31 then its low 16 bits. Within a
+// range, a value is above that midpoint when its low bits are larger (positive) or smaller
+// (negative): one lookup instead of the rounding table's and the midpoint's.
+static int32_t gx_rounding[131072];
 static float gx_maps[512];        // the signed map, then the unsigned one
 extern "C" void gx_tables(const uint8_t* below, const float* mids, const float* maps) {
-  for (int i = 0; i < 131072; ++i) {  // int32 and float: loaded by SIMD gathers
-    gx_below[i] = below[i];
-    gx_next[i] = mids[(i >> 16) * 256 + below[i]];
+  for (uint32_t i = 0; i < 131072; ++i) {
+    const float next = mids[(i >> 16) * 256 + below[i]];  // +inf after the last
+    uint32_t bits;
+    memcpy(&bits, &next, 4);
+    const bool here = (bits >> 16) == (i & 0xffffu) && bits != 0x7f800000u;
+    gx_rounding[i] = static_cast<int32_t>(below[i] | (here ? 0x100u | (bits << 16) : 0u));
   }
   memcpy(gx_maps, maps, sizeof gx_maps);
+}
+// The code (less 128) of a value `u` (its float32 bits) from its range's entry `e`.
+static inline int32_t gx_code(uint32_t u, uint32_t e) {
+  const uint32_t low = u & 0xffffu, mid = e >> 16;
+  const bool above = (e & 0x100u) && ((u >> 31) ? low < mid : low > mid);
+  return static_cast<int32_t>(e & 0xffu) + (above ? 1 : 0) - 128;
 }
 // A block's n entries, from their codes and the block's scale.
 static void gx_dequantize(const int8_t* codes, float scale, int64_t n, float* x) {
@@ -342,35 +355,41 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
   }
   // XLA turns the division by the block's (broadcast) absmax into this multiplication.
   const float by = 1.f / (absmax > 0.f ? absmax : 1.f);
-  const int32_t* below_of = gx_below + (sign ? 0 : 65536);
-  const float* next_of = gx_next + (sign ? 0 : 65536);
+  const int32_t* table = gx_rounding + (sign ? 0 : 65536);
   i = 0;
-#ifdef __AVX512F__  // the same operations, 16 at a time, the table lookups as gathers
+#ifdef __AVX512F__  // gx_code, 16 at a time, the lookups as one gather
   const __m512 by16 = _mm512_set1_ps(by);
+  const __m512i low16 = _mm512_set1_epi32(0xffff), one = _mm512_set1_epi32(1);
   for (; i + 16 <= n; i += 16) {
-    const __m512 normed = _mm512_mul_ps(_mm512_loadu_ps(x + i), by16);
-    const __m512i top = _mm512_srli_epi32(_mm512_castps_si512(normed), 16);
-    const __m512i below = _mm512_i32gather_epi32(top, below_of, 4);
-    const __mmask16 above = _mm512_cmp_ps_mask(normed, _mm512_i32gather_ps(top, next_of, 4),
-                                               _CMP_GT_OQ);
-    // below + 1 where above, less 128: in [-128, 127], narrowed to bytes
-    const __m512i code = _mm512_sub_epi32(
-        _mm512_mask_add_epi32(below, above, below, _mm512_set1_epi32(1)),
-        _mm512_set1_epi32(128));
+    const __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + i), by16));
+    const __m512i e = _mm512_i32gather_epi32(_mm512_srli_epi32(u, 16), table, 4);
+    const __m512i low = _mm512_and_si512(u, low16), mid = _mm512_srli_epi32(e, 16);
+    const __mmask16 negative = _mm512_movepi32_mask(u);
+    const __mmask16 above = _mm512_test_epi32_mask(e, _mm512_set1_epi32(0x100)) & (
+        (negative & _mm512_cmplt_epi32_mask(low, mid)) |
+        (~negative & _mm512_cmpgt_epi32_mask(low, mid)));
+    const __m512i below = _mm512_and_si512(e, _mm512_set1_epi32(0xff));
+    const __m512i code = _mm512_sub_epi32(_mm512_mask_add_epi32(below, above, below, one),
+                                          _mm512_set1_epi32(128));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(code));
   }
 #endif
 #ifdef __AVX2__  // 8 at a time
   const __m256 by8 = _mm256_set1_ps(by);
+  const __m256i low16_8 = _mm256_set1_epi32(0xffff);
   for (; i + 8 <= n; i += 8) {
-    const __m256 normed = _mm256_mul_ps(_mm256_loadu_ps(x + i), by8);
-    const __m256i top = _mm256_srli_epi32(_mm256_castps_si256(normed), 16);
-    const __m256i below = _mm256_i32gather_epi32(below_of, top, 4);
-    const __m256 above = _mm256_cmp_ps(normed, _mm256_i32gather_ps(next_of, top, 4),
-                                       _CMP_GT_OQ);
+    const __m256i u = _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(x + i), by8));
+    const __m256i e = _mm256_i32gather_epi32(table, _mm256_srli_epi32(u, 16), 4);
+    const __m256i low = _mm256_and_si256(u, low16_8), mid = _mm256_srli_epi32(e, 16);
+    const __m256i negative = _mm256_srai_epi32(u, 31);  // all ones where negative
+    const __m256i here = _mm256_cmpeq_epi32(
+        _mm256_and_si256(e, _mm256_set1_epi32(0x100)), _mm256_set1_epi32(0x100));
+    const __m256i above = _mm256_and_si256(here, _mm256_blendv_epi8(
+        _mm256_cmpgt_epi32(low, mid), _mm256_cmpgt_epi32(mid, low), negative));
     // below + 1 where above (its mask is -1), less 128: in [-128, 127], packed to bytes
-    const __m256i code = _mm256_sub_epi32(_mm256_sub_epi32(below, _mm256_castps_si256(above)),
-                                          _mm256_set1_epi32(128));
+    const __m256i code = _mm256_sub_epi32(
+        _mm256_sub_epi32(_mm256_and_si256(e, _mm256_set1_epi32(0xff)), above),
+        _mm256_set1_epi32(128));
     const __m128i half = _mm_packs_epi32(_mm256_castsi256_si128(code),
                                          _mm256_extracti128_si256(code, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packs_epi16(half, half));
@@ -380,8 +399,7 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
     const float normed = x[i] * by;
     uint32_t u;
     memcpy(&u, &normed, 4);
-    codes[i] = static_cast<int8_t>(below_of[u >> 16] + (normed > next_of[u >> 16] ? 1 : 0) -
-                                   128);
+    codes[i] = static_cast<int8_t>(gx_code(u, static_cast<uint32_t>(table[u >> 16])));
   }
   *scale = sign ? -absmax : absmax;
 }
