@@ -308,24 +308,29 @@ static void gx_dequantize(const int8_t* codes, float scale, int64_t n, float* x)
   }
 }
 static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
-  // Whether a NaN is here, and the smallest entry (min and max are exact in any order).
+  // In one pass: whether a NaN is here, the smallest and the largest entry (exact in any
+  // order).
   bool nan = false;
-  float low = x[0], absmax = 0.f, lanes[8];
+  float low = x[0], high = x[0], lanes[8];
   int64_t i = 0;
 #ifdef __AVX2__
-  __m256 nan8 = _mm256_setzero_ps(), low8 = _mm256_set1_ps(x[0]);
+  __m256 nan8 = _mm256_setzero_ps(), low8 = _mm256_set1_ps(x[0]), high8 = low8;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
     nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     low8 = _mm256_min_ps(v, low8);  // v < low8 ? v : low8
+    high8 = _mm256_max_ps(v, high8);
   }
   nan = _mm256_movemask_ps(nan8) != 0;
   _mm256_storeu_ps(lanes, low8);
   for (int j = 0; j < 8; ++j) low = lanes[j] < low ? lanes[j] : low;
+  _mm256_storeu_ps(lanes, high8);
+  for (int j = 0; j < 8; ++j) high = lanes[j] > high ? lanes[j] : high;
 #endif
   for (; i < n; ++i) {
     nan |= x[i] != x[i];
     low = x[i] < low ? x[i] : low;
+    high = x[i] > high ? x[i] : high;
   }
   if (nan) {  // the whole block NaN
     memset(codes, -128, n);
@@ -333,25 +338,17 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
     return;
   }
   const bool sign = low < 0.f;  // else the unsigned map, of the square roots (taken in place)
-  // The largest magnitude.
-  i = 0;
+  // The largest magnitude: of a signed block's entries, or of the square roots, whose largest
+  // is the root of the largest entry (sqrtf is correctly rounded, so it keeps the order).
+  const float absmax = sign ? (-low > high ? -low : high) : sqrtf(high > 0.f ? high : 0.f);
+  if (!sign) {
+    i = 0;
 #ifdef __AVX2__
-  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256 high8 = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_loadu_ps(x + i);
-    if (!sign) {  // (no NaN here: max_ps(v, 0) is v > 0 ? v : 0)
-      v = _mm256_sqrt_ps(_mm256_max_ps(v, _mm256_setzero_ps()));
-      _mm256_storeu_ps(x + i, v);
-    }
-    high8 = _mm256_max_ps(_mm256_and_ps(v, magnitude), high8);
-  }
-  _mm256_storeu_ps(lanes, high8);
-  for (int j = 0; j < 8; ++j) absmax = lanes[j] > absmax ? lanes[j] : absmax;
+    for (; i + 8 <= n; i += 8)  // (no NaN here: max_ps(v, 0) is v > 0 ? v : 0)
+      _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_max_ps(_mm256_loadu_ps(x + i),
+                                                           _mm256_setzero_ps())));
 #endif
-  for (; i < n; ++i) {
-    if (!sign) x[i] = sqrtf(x[i] > 0.f ? x[i] : 0.f);
-    absmax = fabsf(x[i]) > absmax ? fabsf(x[i]) : absmax;
+    for (; i < n; ++i) x[i] = sqrtf(x[i] > 0.f ? x[i] : 0.f);
   }
   // XLA turns the division by the block's (broadcast) absmax into this multiplication.
   const float by = 1.f / (absmax > 0.f ? absmax : 1.f);
