@@ -14,6 +14,7 @@ scales are bit-equal to XLA's form (tested on both). The threads of `elementwise
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -55,8 +56,10 @@ extern "C" void gx_run(const float* s, void* const* b, int64_t lo, int64_t hi) {
 """}
 
 
+@functools.cache  # asked at every trace of every quantized leaf: hash and look up once
 def _program(quantize: bool) -> str | None:
-  """The registered name of one direction's loop (compiled once per machine), or None."""
+  """The registered name of one direction's loop (compiled once per machine), or None when
+  the kernels are not available (`build.library`'s answer, fixed for the process)."""
   return build.program(program._PRELUDE + program._INT8 + _LOOPS[quantize],
                        init=program._init_tables)
 
@@ -67,8 +70,7 @@ def usable(x: jax.Array) -> bool:
   a sharded `jax.jit` XLA's form stays: the kernel has no sharding rule (its blocks run over
   the flattened array)."""
   return (jax.default_backend() == "cpu" and math.prod(jnp.shape(x)) > 0
-          and program._local(x) and build.library() is not None
-          and _program(True) is not None and _program(False) is not None)
+          and program._local(x) and _program(True) is not None and _program(False) is not None)
 
 
 def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
