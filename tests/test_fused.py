@@ -895,21 +895,42 @@ def test_fused_per_device_in_pmap_and_shard_map(how, state_dtype):
       chex.assert_trees_all_close(pick(got, i)[0], want[0], rtol=1e-6)
 
 
-def test_int8_state_with_several_devices_takes_the_two_calls():
-  """The quantized program has no sharding rule (a block's scale is not laid out like the
-  parameter): with several devices its leaves take the two calls, which keep a split
-  parameter split, where XLA would gather the kernel's operands and return them replicated."""
+def test_int8_state_under_sharded_jit_steps_each_devices_blocks():
+  """With several devices, a leaf split along its leading axis into whole blocks is stepped
+  on each device's rows, its block scales split alike (one split over one mesh axis, one over
+  both flattened, one also split over a second axis, which is gathered as the two calls
+  gather it); a leaf whose rows make no whole blocks is stepped whole. Codes, scales and
+  parameters are the eager chain's, bit for bit, laid out as the two calls lay them out. A
+  batch of such problems steps one problem after another."""
   from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = _mesh("Auto")
   rng = np.random.default_rng(7)
-  params = {"w": jax.device_put(jnp.asarray(rng.normal(size=(64, 80)), jnp.float32),
-                                NamedSharding(_mesh("Auto"), P("d", "m")))}
+  values = {"w": ((64, 80), P("d", "m")), "b": ((8192,), P(("d", "m"))),
+            "c": ((1024, 12), P("d")), "odd": ((300, 301), P("d"))}
+  params = {k: jax.device_put(jnp.asarray(rng.normal(size=shape), jnp.float32),
+                              NamedSharding(mesh, spec)) for k, (shape, spec) in values.items()}
   tx = gx.adam(1e-2, state_dtype="int8")
-  state = tx.init(params)
+  state = two_calls(tx)(params, tx.init(params), grads_at(0, params))[1]  # laid out by a step
   step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
-  assert TARGET not in step.lower(params, state, params).as_text()
-  got = step(params, state, grads_at(0, params))
-  chex.assert_trees_all_equal(got, two_calls(tx)(params, state, grads_at(0, params)))
-  assert got[0]["w"].sharding.is_equivalent_to(params["w"].sharding, 2)
+  hlo = step.lower(params, state, grads_at(1, params)).compile().as_text()
+  got = step(params, state, grads_at(1, params))
+  want = two_calls(tx)(params, state, grads_at(1, params))
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert x.sharding.is_equivalent_to(y.sharding, x.ndim), (x.sharding, y.sharding)
+  eager_p, eager_s = jax.device_get((params, state))
+  updates, eager_s = tx.update(grads_at(1, eager_p), eager_s, eager_p)
+  chex.assert_trees_all_equal(jax.device_get(got), (gx.apply_updates(eager_p, updates), eager_s))
+  if KERNELS_ON:
+    calls = " ".join(ln for ln in hlo.splitlines() if TARGET in ln)
+    for local in ("f32[16,80]", "f32[1024]", "f32[256,12]", "f32[300,301]", "f32[5]", "f32[4]",
+                  "f32[12]", "f32[353]"):  # each device's rows and block scales
+      assert local in calls, local
+  batch = jax.tree.map(lambda x: jnp.stack([x, -x]), {"c": params["c"]})
+  batched = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p)))
+  got = batched(batch, jax.vmap(tx.init)(batch), batch)
+  for i in range(2):
+    updates, s = tx.update(pick(batch, i), tx.init(pick(batch, i)), pick(batch, i))
+    chex.assert_trees_all_equal(pick(got, i), (gx.apply_updates(pick(batch, i), updates), s))
 
 
 @pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])

@@ -6,6 +6,7 @@ bits), the optimizers against their float32 selves with tolerances set by the qu
 error, and the digits demo against float32 AdamW's accuracy.
 """
 
+import math
 import os
 import shutil
 import sys
@@ -383,6 +384,81 @@ def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):
   chex.assert_trees_all_equal(
       jax.grad(loss)(q.scales[0], _quantize.dequantize),
       jax.grad(loss)(q.scales[0], lambda q: _quantize._dequantize_xla(*q)))
+
+
+@pytest.mark.parametrize("shape, spec, own", [
+    ((1024, 64), ("d",), True), ((4096, 3), ("d",), True), ((12288,), (("d", "m"),), True),
+    ((8, 512), ("d", "m"), False), ((300, 301), ("d",), False),
+    ((64, 4, 64), (None, "d"), False)])
+def test_under_a_sharded_jit_each_device_quantizes_its_own_blocks(shape, spec, own):
+  """With several devices, under `jax.jit` on a mesh with automatic axes: where a leaf is split
+  along its leading axis into whole blocks, each device runs the kernel on its own rows and
+  nothing is gathered; any other split is gathered, as XLA's form gathers it. Codes, scales
+  and values bit-equal XLA's operations, and laid out as XLA's form lays them out."""
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Auto,) * 2)
+  x = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+  x.reshape(-1)[[7, x.size - 300]] = np.nan
+  x = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P(*spec)))
+  runs = []
+  for quantize, dequantize in [(_quantize.quantize, _quantize.dequantize),
+                               (_quantize._quantize_xla,
+                                lambda q: _quantize._dequantize_xla(*q))]:
+    q_step, dq_step = _jit(quantize), _jit(dequantize)
+    q = q_step(x)
+    hlo = q_step.lower(x).compile().as_text() + dq_step.lower(q).compile().as_text()
+    runs.append(((q, dq_step(q)), hlo))
+  (got, hlo), (want, xla_hlo) = runs
+  chex.assert_trees_all_equal(got, want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+  calls = [ln for ln in hlo.splitlines() if "gx_codec" in ln]
+  assert len(calls) == (2 if KERNELS_ON else 0)
+  if KERNELS_ON and own:  # each device's rows, where they are
+    rows = shape[0] // math.prod(mesh.shape[a] for a in np.atleast_1d(spec[0]))
+    local = f"[{','.join(map(str, (rows, *shape[1:])))}]"
+    assert all(local in ln for ln in calls) and "all-gather" not in hlo, calls
+  assert hlo.count("all-gather(") <= xla_hlo.count("all-gather(")
+
+
+def test_adams_two_calls_on_split_leaves_step_as_on_whole_ones(monkeypatch):
+  """Adam's two calls on leaves split over 8 devices, the kernel quantizing each device's
+  blocks: 3 jitted steps equal the same steps on the leaves unsplit, bit for bit; the state is
+  laid out as XLA's form lays it out and nothing is gathered. (That the kernel's codes are
+  XLA's, split or not, is tested above; so are the two calls' steps against XLA's form on one
+  device.) Batched (`jax.vmap`), each problem's rows are quantized in turn."""
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Auto,) * 2)
+  rng = np.random.default_rng(10)
+  whole = {"w": jnp.asarray(rng.normal(size=(512, 40)), jnp.float32),
+           "b": jnp.asarray(rng.normal(size=(8192,)), jnp.float32)}
+  split = {"w": jax.device_put(whole["w"], NamedSharding(mesh, P("d"))),
+           "b": jax.device_put(whole["b"], NamedSharding(mesh, P(("d", "m"))))}
+  tx = gx.adam(1e-2, state_dtype="int8")
+
+  def step(g, s, p):
+    u, s = tx.update(g, s, p)
+    return gx.apply_updates(p, u), s
+
+  def run(params):
+    jitted = _jit(step)
+    p, s = params, tx.init(params)
+    for t in (1.0, 2.0, 3.0):
+      p, s = jitted(jax.tree.map(lambda x, t=t: jnp.sin(x * t), p), s, p)
+    return (p, s), jitted.lower(p, s, p).compile().as_text()
+
+  (got, hlo), (want, _) = run(split), run(whole)
+  chex.assert_trees_all_equal(jax.device_get(got), jax.device_get(want))
+  assert ("gx_codec" in hlo) == KERNELS_ON and "all-gather" not in hlo
+  monkeypatch.setattr(_quantize, "_codec_usable", lambda x: False)
+  xla = _jit(step)(split, got[1], split)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(xla)):
+    assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+  monkeypatch.undo()
+  batch = jax.device_put(jnp.stack([whole["w"], -whole["w"]]), NamedSharding(mesh, P(None, "d")))
+  batched = _jit(jax.vmap(_quantize.quantize))
+  chex.assert_trees_all_equal(batched(batch), jax.vmap(_quantize._quantize_xla)(batch))
+  assert ("f32[128,40]" in batched.lower(batch).compile().as_text()) == KERNELS_ON
 
 
 def test_the_two_calls_with_the_kernel_equal_xlas_operations(monkeypatch):

@@ -1,8 +1,11 @@
 """int8 state's codec as CPU kernels: one leaf's `quantize` and `dequantize`.
 
 `gradxform._quantize` runs them wherever a kernel can (the CPU backend, the kernels built,
-the array whole in this trace: `usable`), so the two calls (`update`, then `apply_updates`)
-and `init` get them too, not only `update_and_apply`'s fused pass. XLA:CPU's own form of
+and the array whole in this trace or under a `jax.jit` with automatic axes: `usable`), so the
+two calls (`update`, then `apply_updates`) and `init` get them too, not only
+`update_and_apply`'s fused pass. Under a sharded `jax.jit`, a sharding rule gives each device
+its own rows where they are whole blocks (`_partitioned`); the fused pass uses the same rule
+(`block_factors`, `leading_split`). XLA:CPU's own form of
 `quantize` is bound by its table lookups, a scalar gather per entry: the two-call int8 step
 took 8-14x Optax's float32 step on the large benchmark trees (RESULTS, session 13).
 
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from gradxform import _quantize
 from gradxform._fused import build, program
@@ -66,26 +71,140 @@ def _program(quantize: bool) -> str | None:
 
 def usable(x: jax.Array) -> bool:
   """Whether `x`'s blocks can go through the kernels here: the CPU backend, the kernels
-  available, and all of `x` in this trace (one device, or inside `pmap` / `shard_map`). Under
-  a sharded `jax.jit` XLA's form stays: the kernel has no sharding rule (its blocks run over
-  the flattened array)."""
+  available, and either all of `x` in this trace (one device, or inside `pmap` / `shard_map`)
+  or a `jax.jit` whose mesh axes are all automatic, where the partitioner hands each device
+  its own shards (`_partitioned`). On a mesh with explicit axes, or inside a `shard_map`
+  that leaves some axes automatic, XLA's form stays."""
   return (jax.default_backend() == "cpu" and math.prod(jnp.shape(x)) > 0
-          and program._local(x) and _program(True) is not None and _program(False) is not None)
+          and (program._local(x) or program._automatic(x))
+          and _program(True) is not None and _program(False) is not None)
 
 
 def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """`x`'s int8 codes (in its shape) and float32 block scales (where `usable`)."""
-  call = jax.ffi.ffi_call(
-      "gx_codec", (jax.ShapeDtypeStruct(x.shape, jnp.int8),
-                   jax.ShapeDtypeStruct((_quantize.num_blocks(x.size),), jnp.float32)),
-      vmap_method="sequential")
-  codes, scales = call(x.astype(jnp.float32), program=_program(True), block=np.int64(_BLOCK),
-                       quantize=np.int64(1))
-  return codes, scales
+  x = x.astype(jnp.float32)
+  if program._local(x):
+    return _quantize_here(x)
+  return _partitioned(True, x.shape)(x)
 
 
 def dequantize(codes: jax.Array, scales: jax.Array) -> jax.Array:
   """The float32 values of `codes` and `scales` (where `usable`)."""
+  if program._local(codes):
+    return _dequantize_here(codes, scales)
+  return _partitioned(False, codes.shape)(codes, scales)
+
+
+def _quantize_here(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The kernel over all of `x` as this trace holds it."""
+  call = jax.ffi.ffi_call(
+      "gx_codec", (jax.ShapeDtypeStruct(x.shape, jnp.int8),
+                   jax.ShapeDtypeStruct((_quantize.num_blocks(x.size),), jnp.float32)),
+      vmap_method="sequential")
+  codes, scales = call(x, program=_program(True), block=np.int64(_BLOCK), quantize=np.int64(1))
+  return codes, scales
+
+
+def _dequantize_here(codes: jax.Array, scales: jax.Array) -> jax.Array:
+  """The kernel over all of `codes` as this trace holds them."""
   call = jax.ffi.ffi_call("gx_codec", jax.ShapeDtypeStruct(codes.shape, jnp.float32),
                           vmap_method="sequential")
-  return call(codes, scales, program=_program(False), block=np.int64(_BLOCK), quantize=np.int64(0))
+  return call(codes, scales, program=_program(False), block=np.int64(_BLOCK),
+              quantize=np.int64(0))
+
+
+def leading_split(sharding: Any, shape: tuple[int, ...]) -> Any:
+  """The mesh axes splitting dimension 0 of an array of `shape` laid out by `sharding`, where
+  each of its shards then holds whole blocks (they are the array's blocks, in order, so its
+  scales are split like that dimension); else None. Splits of other dimensions are left out:
+  the kernel gets each device's rows whole, as XLA's form gathers them too."""
+  spec = tuple(getattr(sharding, "spec", ()))
+  if not shape or not spec or not spec[0]:
+    return None
+  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  n = math.prod(sharding.mesh.shape[a] for a in axes)
+  rows, rest = divmod(shape[0], n)
+  return axes if rest == 0 and rows * math.prod(shape[1:]) % _BLOCK == 0 else None
+
+
+def block_factors(shape: tuple[int, ...],
+                  prefix: str = "") -> tuple[Any, dict[str, int], list[str]]:
+  """The Shardy factors (named from `prefix`) of an array of `shape`, of its codes and of its
+  scales; their sizes that the shapes do not give; the factors to replicate.
+
+  Where a whole number of rows holds a whole number of blocks (`lcm(row, block)` entries: `r`
+  rows, `k` blocks), the leading axis is (`u`, `r`) and the scales (`u`, `k`): a split of `u`
+  splits both alike, each device's rows being whole blocks. The other axes are replicated in
+  the codes (their own factors `c`), as XLA's form lays them out. Where no whole number of rows
+  makes whole blocks, everything is replicated, as XLA's form replicates it."""
+  from jax.experimental.custom_partitioning import ArrayMapping, CompoundFactor
+  names = lambda c, lo=1: [f"{prefix}{c}{i}" for i in range(lo, len(shape))]  # noqa: E731
+  rest, kept = names("d"), names("c")
+  row = math.prod(shape[1:])
+  span = math.lcm(row, _BLOCK) if row else 0
+  if not row or shape[0] * row % span:
+    values, codes = names("d", 0), names("c", 0)
+    return ((ArrayMapping(*values), ArrayMapping(*codes), ArrayMapping(f"{prefix}b")), {},
+            values + codes)
+  u, r, k = f"{prefix}u", f"{prefix}r", f"{prefix}k"
+  sizes = {name: n for name, n in ((r, span // row), (k, span // _BLOCK)) if n > 1}
+
+  def axis(*factors: str) -> Any:
+    present = [f for f in factors if f == u or f in sizes]
+    return present[0] if len(present) == 1 else CompoundFactor(*present)
+
+  if len(sizes) == 2:  # `u` is then no whole dimension: its size is not in the shapes
+    sizes[u] = shape[0] * row // span
+  return ((ArrayMapping(axis(u, r), *rest), ArrayMapping(axis(u, r), *kept),
+           ArrayMapping(axis(u, k))), sizes, rest + kept)
+
+
+def in_order(factors: list[str], mappings: list[Any]) -> tuple[str, ...]:
+  """`factors` in the order they first appear in `mappings`, as Shardy wants them."""
+  seen = [f for a in mappings for d in a for f in getattr(d, "factors", (d,))]
+  return tuple(sorted(factors, key=seen.index))
+
+
+def _partitioned(quantize: bool, shape: tuple[int, ...]) -> Any:
+  """One direction of the codec under a `jax.jit` with several devices.
+
+  Sharding: where the array is split along its leading axis only, into whole blocks, each
+  device runs the kernel on its own shard, and the scales are split like that axis (what
+  XLA's form gives there too). Any other layout is gathered first and every device quantizes
+  the whole array: XLA's form gathers it as well, to form blocks of the flattened array.
+  Batching (`jax.vmap`, which `custom_partitioning` has no rule for): one array after
+  another (each array's blocks are its own).
+  """
+  from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
+  here = _quantize_here if quantize else _dequantize_here
+
+  def layouts(mesh: Any, sharding: Any) -> tuple[Any, Any]:
+    axes = leading_split(sharding, shape)
+    rows = PartitionSpec() if axes is None else PartitionSpec(axes)
+    return NamedSharding(mesh, rows), NamedSharding(mesh, rows)
+
+  def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
+    array, blocks = layouts(mesh, arg_shapes[0].sharding)
+    if quantize:
+      return mesh, here, (array, blocks), (array,)
+    return mesh, here, array, (array, blocks)
+
+  def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> Any:
+    array, blocks = layouts(mesh, arg_shapes[0].sharding)
+    return (array, blocks) if quantize else array
+
+  (values, codes, blocks), sizes, whole = block_factors(shape)
+  mappings = ((values,), (codes, blocks)) if quantize else ((codes, blocks), (values,))
+  rule = SdyShardingRule(*mappings, **sizes, need_replication_factors=in_order(
+      whole, [*mappings[0], *mappings[1]]))
+  partitioned = custom_partitioning(here)
+  partitioned.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
+  batched = jax.custom_batching.custom_vmap(partitioned)
+
+  @batched.def_vmap
+  def _batch(size: int, in_batched: list[bool], *ops: jax.Array) -> tuple[Any, Any]:
+    ops = tuple(x if b else jnp.broadcast_to(x, (size, *x.shape))
+                for x, b in zip(ops, in_batched))
+    return jax.lax.map(lambda one: batched(*one), ops), (True, True) if quantize else True
+
+  return batched

@@ -799,9 +799,11 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
   for width in widths:
     per_block |= (1 << (at + 1)) if width == 2 else 0  # a quantized slot's scales
     at += width
-  if per_block:  # local arrays (`_quantized_like`): no sharding rule needed
-    got = _kernel(name, k, r, written, (scalars, *(x for leaf in per_leaf for x in leaf)),
-                  _BLOCK, per_block)
+  if per_block:  # no explicit mesh (`_quantized_like`)
+    operands = [scalars, *(x for leaf in per_leaf for x in leaf)]
+    got = (_kernel(name, k, r, written, tuple(operands), _BLOCK, per_block)
+           if all(map(_local, operands[1:])) else
+           _sharded(name, k, r, written, operands, _BLOCK, per_block))
     columns = [got[j::r] for j in range(r)]
     it = iter(columns[1:])
     return [columns[0]] + [[_quantize.QuantizedArray(*q) for q in zip(c, next(it))]
@@ -889,8 +891,8 @@ def _packed_kernel(name: str, scalars: jax.Array, p: Packed, g: Any,
   return [Packed(pieces), *slots]
 
 
-def _sharded(name: str, k: int, r: int, written: list[int],
-             operands: list[jax.Array]) -> list[jax.Array]:
+def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.Array],
+             block: int = 1, per_block: int = 0) -> list[jax.Array]:
   """`_kernel`, with a sharding rule and a batching rule.
 
   Sharding: under `jax.jit` with sharded arrays each device runs the program on its own shards
@@ -902,44 +904,68 @@ def _sharded(name: str, k: int, r: int, written: list[int],
   hyperparameter) take one call each. The two wrappers cost tracing and lowering time (0.4 s
   on 2,000 leaves), so a process with one device makes the plain call (`vmap` then runs it
   once per problem).
+
+  A leaf with int8 slots (`per_block`) runs on each device's rows where its parameter is split
+  along the leading axis into whole blocks (its block scales split alike), and whole on every
+  device otherwise, as `codec` does; a batch of such problems runs one after another (a
+  problem's blocks are its own).
   """
   if jax.device_count() == 1:
-    return _kernel(name, k, r, written, tuple(operands))
+    return _kernel(name, k, r, written, tuple(operands), block, per_block)
   from jax.experimental.custom_partitioning import (ArrayMapping, SdyShardingRule,
                                                     custom_partitioning)
+  from gradxform._fused import codec
   n = (len(operands) - 1) // k
+  shapes = [operands[1 + k * m + 1].shape for m in range(n)]  # each leaf's parameter
 
   def run(*ops: jax.Array) -> tuple[jax.Array, ...]:
-    return tuple(_kernel(name, k, r, written, ops))
+    return tuple(_kernel(name, k, r, written, ops, block, per_block))
 
-  def leaf_shardings(arg_shapes: Any) -> list[Any]:
-    return [arg_shapes[1 + k * m + 1].sharding for m in range(n)]  # each leaf's parameter
+  def leaf_shardings(mesh: Any, arg_shapes: Any) -> list[Any]:
+    shardings = [arg_shapes[1 + k * m + 1].sharding for m in range(n)]
+    if not per_block:
+      return shardings
+    return [NamedSharding(mesh, PartitionSpec(*filter(None, [codec.leading_split(s, shape)])))
+            for s, shape in zip(shardings, shapes)]
 
   def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
-    leaf = leaf_shardings(arg_shapes)
+    leaf = leaf_shardings(mesh, arg_shapes)
     args = (NamedSharding(mesh, PartitionSpec()),) + tuple(s for s in leaf for _ in range(k))
     return mesh, run, tuple(s for s in leaf for _ in range(r)), args
 
   def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
-    return tuple(s for s in leaf_shardings(arg_shapes) for _ in range(r))
+    return tuple(s for s in leaf_shardings(mesh, arg_shapes) for _ in range(r))
 
-  dims = [ArrayMapping(*(f"l{m}d{d}" for d in range(operands[1 + k * m].ndim)))
-          for m in range(n)]
-  rule = SdyShardingRule((ArrayMapping("s"),) + tuple(x for x in dims for _ in range(k)),
-                         tuple(x for x in dims for _ in range(r)),
-                         need_replication_factors=("s",))
+  sizes: dict[str, int] = {}
+  replicated = ["s"]
+  leaves = []
+  for m, shape in enumerate(shapes):
+    if per_block:  # the parameter's factors, the codes' and the scales'
+      (values, codes, scales), leaf_sizes, whole = codec.block_factors(shape, f"l{m}")
+      sizes.update(leaf_sizes)
+      replicated += whole
+      leaves.append([scales if (per_block >> i) & 1 else codes if (per_block >> (i + 1)) & 1
+                     else values for i in range(k)])
+    else:
+      leaves.append([ArrayMapping(*(f"l{m}d{d}" for d in range(len(shape))))] * k)
+  rule = SdyShardingRule(
+      (ArrayMapping("s"),) + tuple(x for leaf in leaves for x in leaf),
+      tuple(leaf[i] for leaf in leaves for i in written), **sizes,
+      need_replication_factors=codec.in_order(replicated, [ArrayMapping("s")] + [
+          x for leaf in leaves for x in leaf]))
   partitioned = custom_partitioning(run)
   partitioned.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
   batched = jax.custom_batching.custom_vmap(partitioned)
 
   @batched.def_vmap
   def _batch(size: int, in_batched: list[bool], *ops: jax.Array) -> tuple[Any, tuple[bool, ...]]:
-    if in_batched[0]:  # one problem after another, each with its own scalars
+    if in_batched[0] or per_block:  # one problem after another
 
       def one(sliced: list[jax.Array]) -> tuple[jax.Array, ...]:
         it = iter(sliced)
         return tuple(_sharded(name, k, r, written,
-                              [next(it) if b else x for x, b in zip(ops, in_batched)]))
+                              [next(it) if b else x for x, b in zip(ops, in_batched)],
+                              block, per_block))
 
       return jax.lax.map(one, [x for x, b in zip(ops, in_batched) if b]), (True,) * (n * r)
     wide = [x if b else jnp.broadcast_to(x, (size, *x.shape))
@@ -958,13 +984,13 @@ def _stored(x: Any) -> bool:
 
 def _quantized_like(x: Any, p: Any) -> bool:
   """Whether `x` is parameter `p`'s slot kept in int8, one the kernel can step: not packed,
-  and all of each array here (`_local`). Its program has no sharding rule: a block's scale
-  is not laid out like the parameter, so under a sharded `jax.jit` XLA would gather the leaf
-  and return it replicated, where the two calls keep the parameter's sharding."""
+  and each array whole here (`_local`) or under a `jax.jit` with automatic axes, where
+  `_sharded`'s rule gives each device its rows in whole blocks (or the whole leaf). On a mesh
+  with explicit axes the two calls step it (its leaf would have to be replicated first)."""
   return (_quantize.is_quantized(x) and not isinstance(p, Packed) and x.shape == p.shape
           and x.codes.dtype == jnp.int8 and x.scales.dtype == jnp.float32
           and x.scales.shape == (_quantize.num_blocks(x.size),)
-          and all(map(_local, (p, x.codes, x.scales))))
+          and all(_local(a) or _automatic(a) for a in (p, x.codes, x.scales)))
 
 
 def _local(x: Any) -> bool:
@@ -973,6 +999,12 @@ def _local(x: Any) -> bool:
   types = mesh_of(x).axis_types
   return jax.device_count() == 1 or (bool(types) and all(
       t == jax.sharding.AxisType.Manual for t in types))
+
+
+def _automatic(x: Any) -> bool:
+  """Whether every axis of the mesh `x` lives on in this trace (none under a plain `jax.jit`)
+  is automatic: the partitioner, not the trace, then decides what each device holds."""
+  return all(t == jax.sharding.AxisType.Auto for t in mesh_of(x).axis_types)
 
 
 def _packs_alike(p: Any, g: Any) -> bool:
