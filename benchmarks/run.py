@@ -21,6 +21,8 @@ Output: one JSON object per line (to stdout or `--json FILE`), then a Markdown t
     python benchmarks/run.py --quick               # tiny trees, smoke run (the test suite)
     python benchmarks/run.py --trees gpt2_small --optimizers adam,adamw --device
     python benchmarks/run.py --cpu-default --torch-python /path/to/torch-venv/bin/python
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/run.py --shard 8 \
+        --trees resnet50 --optimizers adam --state-dtype int8   # split over 8 (CPU) devices
 
 The step compared is the same algorithm in both libraries (same hyperparameters, eps outside
 the root, decoupled weight decay `-lr * wd * p`, heavy-ball momentum without dampening,
@@ -29,7 +31,10 @@ the matrices, NAdamW on the other leaves); `--check` also reports the largest re
 difference between the libraries' parameters after the first two compiled steps (untimed).
 `--torch-python` adds torch.optim's fused CPU step (Adam, AdamW, SGD with momentum, clipped
 AdamW) on the same trees, run by `torch_step.py` in that interpreter's own process and timed
-the same way.
+the same way. `--shard N` splits every leaf whose leading axis N divides over N devices
+(the others replicated), as data-parallel training with ZeRO-style state does, and lays out
+each library's state by one untimed step before compiling the timed one; on a CPU host the
+devices are faked by XLA_FLAGS (above), and share the host's cores.
 """
 
 from __future__ import annotations
@@ -304,14 +309,26 @@ def host_trees(shapes: list[tuple[str, tuple[int, ...]]], seed: int,
   return params, grads
 
 
+def split(tree: Any, n: int) -> Any:
+  """`tree` with each leaf split along its leading axis over the first `n` devices where `n`
+  divides that axis, the other leaves replicated on them (`--shard`)."""
+  from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+  if jax.device_count() < n:
+    raise SystemExit(f"--shard {n}: this process has {jax.device_count()} devices; on a CPU "
+                     f"host set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+  mesh = Mesh(np.array(jax.devices()[:n]), ("d",), axis_types=(AxisType.Auto,))
+  return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec(
+      "d" if x.ndim and x.shape[0] % n == 0 else None))), tree)
+
+
 def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, warmup: int,
               seed: int, state_dtype: Any, snapshot: list[Any] | None = None,
-              param_dtype: Any = jnp.float32, start: tuple[Any, Any] | None = None
-              ) -> dict[str, Any]:
+              param_dtype: Any = jnp.float32, start: tuple[Any, Any] | None = None,
+              shard: int = 0) -> dict[str, Any]:
   """Compiles and times one library's step; with `snapshot` (a list), appends the params after
   `CHECK_STEPS` steps of the compiled step (as NumPy arrays) for `max_rel_diff`. `start`:
   `host_trees(...)`, the params and grads to start from (copied to the device here: the step
-  donates its inputs); None makes them with `make_tree`."""
+  donates its inputs); None makes them with `make_tree`. `shard`: see `split`."""
   if start is None:
     params = make_tree(shapes, seed, param_dtype)
     grads = jax.tree.map(lambda p: 0.1 * p + 1e-3, make_tree(shapes, seed + 1, param_dtype))
@@ -319,9 +336,13 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
     params, grads = jax.tree.map(jnp.array, start)
   size = np.dtype(param_dtype).itemsize  # bytes a word
   tx = build(lib, opt, state_dtype)
-  state = tx.init(params)
-  block((params, grads, state))
   step = make_step(lib, tx)
+  if shard:
+    params, grads = split(params, shard), split(grads, shard)
+    params, state = step(params, tx.init(params), grads)  # the state laid out as it steps
+  else:
+    state = tx.init(params)
+  block((params, grads, state))
 
   t0 = time.perf_counter()
   traced = step.trace(params, state, grads)
@@ -484,6 +505,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   ap.add_argument("--json", default=None, help="write JSON lines here instead of stdout")
   ap.add_argument("--markdown", default=None, help="also write the Markdown table here")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--shard", type=int, default=0,
+                  help="split the leaves over this many devices (see the module docstring)")
   ap.add_argument("--torch-python", default=None,
                   help="a Python with torch: also time torch.optim's fused step "
                        f"({','.join(TORCH_OPTIMIZERS)}) in its own process")
@@ -538,7 +561,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       snapshots: list[Any] | None = [] if args.check and len(libs) > 1 else None
       for lib in libs:
         row = bench_one(lib, opt, tree_name, shapes, reps, warmup, args.seed, args.state_dtype,
-                        snapshots, jnp.dtype(args.param_dtype), start)
+                        snapshots, jnp.dtype(args.param_dtype), start, args.shard)
+        row["shard"] = args.shard
         row["kind"] = "step"
         row["fraction_of_reference_bandwidth"] = row["achieved_bytes_per_s"] / ref
         rows.append(row)

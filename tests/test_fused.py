@@ -899,14 +899,16 @@ def test_int8_state_under_sharded_jit_steps_each_devices_blocks():
   """With several devices, a leaf split along its leading axis into whole blocks is stepped
   on each device's rows, its block scales split alike (one split over one mesh axis, one over
   both flattened, one also split over a second axis, which is gathered as the two calls
-  gather it); a leaf whose rows make no whole blocks is stepped whole. Codes, scales and
+  gather it; one whose leading axes are 1, split along the next); a leaf whose rows make no
+  whole blocks is stepped whole. Codes, scales and
   parameters are the eager chain's, bit for bit, laid out as the two calls lay them out. A
   batch of such problems steps one problem after another."""
   from jax.sharding import NamedSharding, PartitionSpec as P
   mesh = _mesh("Auto")
   rng = np.random.default_rng(7)
   values = {"w": ((64, 80), P("d", "m")), "b": ((8192,), P(("d", "m"))),
-            "c": ((1024, 12), P("d")), "odd": ((300, 301), P("d"))}
+            "c": ((1024, 12), P("d")), "odd": ((300, 301), P("d")),
+            "conv": ((1, 1, 64, 64), P(None, None, "d"))}
   params = {k: jax.device_put(jnp.asarray(rng.normal(size=shape), jnp.float32),
                               NamedSharding(mesh, spec)) for k, (shape, spec) in values.items()}
   tx = gx.adam(1e-2, state_dtype="int8")
@@ -923,7 +925,7 @@ def test_int8_state_under_sharded_jit_steps_each_devices_blocks():
   if KERNELS_ON:
     calls = " ".join(ln for ln in hlo.splitlines() if TARGET in ln)
     for local in ("f32[16,80]", "f32[1024]", "f32[256,12]", "f32[300,301]", "f32[5]", "f32[4]",
-                  "f32[12]", "f32[353]"):  # each device's rows and block scales
+                  "f32[12]", "f32[353]", "f32[1,1,16,64]"):  # each device's rows, scales
       assert local in calls, local
   batch = jax.tree.map(lambda x: jnp.stack([x, -x]), {"c": params["c"]})
   batched = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p)))

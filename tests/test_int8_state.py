@@ -389,6 +389,7 @@ def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):
 @pytest.mark.parametrize("shape, spec, own", [
     ((1024, 64), ("d",), True), ((4096, 3), ("d",), True), ((12288,), (("d", "m"),), True),
     ((8, 512), ("d", "m"), False), ((300, 301), ("d",), False),
+    ((1, 4, 32, 32), (None, "d"), True),  # the leading axis is 1: split along the next
     ((64, 4, 64), (None, "d"), False)])
 def test_under_a_sharded_jit_each_device_quantizes_its_own_blocks(shape, spec, own):
   """With several devices, under `jax.jit` on a mesh with automatic axes: where a leaf is split
@@ -415,8 +416,10 @@ def test_under_a_sharded_jit_each_device_quantizes_its_own_blocks(shape, spec, o
   calls = [ln for ln in hlo.splitlines() if "gx_codec" in ln]
   assert len(calls) == (2 if KERNELS_ON else 0)
   if KERNELS_ON and own:  # each device's rows, where they are
-    rows = shape[0] // math.prod(mesh.shape[a] for a in np.atleast_1d(spec[0]))
-    local = f"[{','.join(map(str, (rows, *shape[1:])))}]"
+    lead = len(spec) - 1
+    local = list(shape)
+    local[lead] //= math.prod(mesh.shape[a] for a in np.atleast_1d(spec[lead]))
+    local = f"[{','.join(map(str, local))}]"
     assert all(local in ln for ln in calls) and "all-gather" not in hlo, calls
   assert hlo.count("all-gather(") <= xla_hlo.count("all-gather(")
 

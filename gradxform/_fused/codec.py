@@ -113,18 +113,27 @@ def _dequantize_here(codes: jax.Array, scales: jax.Array) -> jax.Array:
               quantize=np.int64(0))
 
 
-def leading_split(sharding: Any, shape: tuple[int, ...]) -> Any:
-  """The mesh axes splitting dimension 0 of an array of `shape` laid out by `sharding`, where
-  each of its shards then holds whole blocks (they are the array's blocks, in order, so its
-  scales are split like that dimension); else None. Splits of other dimensions are left out:
-  the kernel gets each device's rows whole, as XLA's form gathers them too."""
-  spec = tuple(getattr(sharding, "spec", ()))
-  if not shape or not spec or not spec[0]:
+def _lead(shape: tuple[int, ...]) -> int:
+  """The first axis longer than 1 (the last if none): a split of it alone leaves each device
+  a contiguous part of the flattened array, as a split of the leading axis does."""
+  return next((i for i, n in enumerate(shape) if n > 1), max(len(shape) - 1, 0))
+
+
+def leading_split(sharding: Any, shape: tuple[int, ...]) -> tuple[Any, Any] | None:
+  """Where the first axis longer than 1 of an array of `shape` laid out by `sharding` is split
+  so that each shard holds whole blocks (they are the array's blocks, in order): the layouts
+  of the array and of its scales that give each device its own rows and their blocks; else
+  None. Splits of other axes are left out: the kernel gets each device's rows whole, as XLA's
+  form gathers them too."""
+  spec, lead = tuple(getattr(sharding, "spec", ())), _lead(shape)
+  if len(spec) <= lead or not spec[lead]:
     return None
-  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-  n = math.prod(sharding.mesh.shape[a] for a in axes)
-  rows, rest = divmod(shape[0], n)
-  return axes if rest == 0 and rows * math.prod(shape[1:]) % _BLOCK == 0 else None
+  axes = spec[lead] if isinstance(spec[lead], tuple) else (spec[lead],)
+  rows, rest = divmod(shape[lead], math.prod(sharding.mesh.shape[a] for a in axes))
+  if rest or rows * math.prod(shape[lead + 1:]) % _BLOCK:
+    return None
+  return (NamedSharding(sharding.mesh, PartitionSpec(*[None] * lead, axes)),
+          NamedSharding(sharding.mesh, PartitionSpec(axes)))
 
 
 def block_factors(shape: tuple[int, ...],
@@ -132,18 +141,19 @@ def block_factors(shape: tuple[int, ...],
   """The Shardy factors (named from `prefix`) of an array of `shape`, of its codes and of its
   scales; their sizes that the shapes do not give; the factors to replicate.
 
-  Where a whole number of rows holds a whole number of blocks (`lcm(row, block)` entries: `r`
-  rows, `k` blocks), the leading axis is (`u`, `r`) and the scales (`u`, `k`): a split of `u`
-  splits both alike, each device's rows being whole blocks. The other axes are replicated in
-  the codes (their own factors `c`), as XLA's form lays them out. Where no whole number of rows
-  makes whole blocks, everything is replicated, as XLA's form replicates it."""
+  Where a whole number of rows (along the first axis longer than 1) holds a whole number of
+  blocks (`lcm(row, block)` entries: `r` rows, `k` blocks), that axis is (`u`, `r`) and the
+  scales (`u`, `k`): a split of `u` splits both alike, each device's rows being whole blocks.
+  The other axes are replicated in the codes (their own factors `c`), as XLA's form lays them
+  out. Where no whole number of rows makes whole blocks, or the array is one such span,
+  everything is replicated, as XLA's form replicates it."""
   from jax.experimental.custom_partitioning import ArrayMapping, CompoundFactor
-  names = lambda c, lo=1: [f"{prefix}{c}{i}" for i in range(lo, len(shape))]  # noqa: E731
-  rest, kept = names("d"), names("c")
-  row = math.prod(shape[1:])
-  span = math.lcm(row, _BLOCK) if row else 0
-  if not row or shape[0] * row % span:
-    values, codes = names("d", 0), names("c", 0)
+  lead = _lead(shape)
+  values = [f"{prefix}d{i}" for i in range(len(shape))]
+  codes = [f"{prefix}c{i}" for i in range(len(shape))]
+  row = math.prod(shape[lead + 1:])
+  span = math.lcm(row, _BLOCK)
+  if not shape or shape[lead] * row % span or shape[lead] * row == span:
     return ((ArrayMapping(*values), ArrayMapping(*codes), ArrayMapping(f"{prefix}b")), {},
             values + codes)
   u, r, k = f"{prefix}u", f"{prefix}r", f"{prefix}k"
@@ -154,9 +164,11 @@ def block_factors(shape: tuple[int, ...],
     return present[0] if len(present) == 1 else CompoundFactor(*present)
 
   if len(sizes) == 2:  # `u` is then no whole dimension: its size is not in the shapes
-    sizes[u] = shape[0] * row // span
-  return ((ArrayMapping(axis(u, r), *rest), ArrayMapping(axis(u, r), *kept),
-           ArrayMapping(axis(u, k))), sizes, rest + kept)
+    sizes[u] = shape[lead] * row // span
+  replicated = values[:lead] + values[lead + 1:] + codes[:lead] + codes[lead + 1:]
+  values[lead] = codes[lead] = axis(u, r)
+  return ((ArrayMapping(*values), ArrayMapping(*codes), ArrayMapping(axis(u, k))), sizes,
+          replicated)
 
 
 def in_order(factors: list[str], mappings: list[Any]) -> tuple[str, ...]:
@@ -179,9 +191,8 @@ def _partitioned(quantize: bool, shape: tuple[int, ...]) -> Any:
   here = _quantize_here if quantize else _dequantize_here
 
   def layouts(mesh: Any, sharding: Any) -> tuple[Any, Any]:
-    axes = leading_split(sharding, shape)
-    rows = PartitionSpec() if axes is None else PartitionSpec(axes)
-    return NamedSharding(mesh, rows), NamedSharding(mesh, rows)
+    whole = NamedSharding(mesh, PartitionSpec())
+    return leading_split(sharding, shape) or (whole, whole)
 
   def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
     array, blocks = layouts(mesh, arg_shapes[0].sharding)

@@ -921,20 +921,26 @@ def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.A
   def run(*ops: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(_kernel(name, k, r, written, ops, block, per_block))
 
-  def leaf_shardings(mesh: Any, arg_shapes: Any) -> list[Any]:
-    shardings = [arg_shapes[1 + k * m + 1].sharding for m in range(n)]
-    if not per_block:
-      return shardings
-    return [NamedSharding(mesh, PartitionSpec(*filter(None, [codec.leading_split(s, shape)])))
-            for s, shape in zip(shardings, shapes)]
+  def leaf_shardings(mesh: Any, arg_shapes: Any) -> list[list[Any]]:
+    """Per leaf, the sharding of each of its k arrays."""
+    out = []
+    for m, shape in enumerate(shapes):
+      s = arg_shapes[1 + k * m + 1].sharding  # the parameter's
+      if per_block:  # its rows in whole blocks, or the whole leaf
+        whole = NamedSharding(mesh, PartitionSpec())
+        array, blocks = codec.leading_split(s, shape) or (whole, whole)
+        out.append([blocks if (per_block >> i) & 1 else array for i in range(k)])
+      else:
+        out.append([s] * k)
+    return out
 
   def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
     leaf = leaf_shardings(mesh, arg_shapes)
-    args = (NamedSharding(mesh, PartitionSpec()),) + tuple(s for s in leaf for _ in range(k))
-    return mesh, run, tuple(s for s in leaf for _ in range(r)), args
+    args = (NamedSharding(mesh, PartitionSpec()),) + tuple(s for x in leaf for s in x)
+    return mesh, run, tuple(x[i] for x in leaf for i in written), args
 
   def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
-    return tuple(s for s in leaf_shardings(mesh, arg_shapes) for _ in range(r))
+    return tuple(x[i] for x in leaf_shardings(mesh, arg_shapes) for i in written)
 
   sizes: dict[str, int] = {}
   replicated = ["s"]
