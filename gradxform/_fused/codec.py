@@ -145,15 +145,19 @@ def block_factors(shape: tuple[int, ...],
   blocks (`lcm(row, block)` entries: `r` rows, `k` blocks), that axis is (`u`, `r`) and the
   scales (`u`, `k`): a split of `u` splits both alike, each device's rows being whole blocks.
   The other axes are replicated in the codes (their own factors `c`), as XLA's form lays them
-  out. Where no whole number of rows makes whole blocks, or the array is one such span,
-  everything is replicated, as XLA's form replicates it."""
+  out. Where no whole number of rows makes whole blocks, everything is replicated, as XLA's
+  form replicates it; so too where the number of spans `u` is not a multiple of the devices:
+  Shardy would then split a mesh axis over `u` and `r` (or `k`), and such a split of a
+  sub-axis has no `PartitionSpec` for `custom_partitioning` to hand the callbacks (with
+  `zero1`'s split scales, compiling failed)."""
   from jax.experimental.custom_partitioning import ArrayMapping, CompoundFactor
   lead = _lead(shape)
   values = [f"{prefix}d{i}" for i in range(len(shape))]
   codes = [f"{prefix}c{i}" for i in range(len(shape))]
   row = math.prod(shape[lead + 1:])
   span = math.lcm(row, _BLOCK)
-  if not shape or shape[lead] * row % span or shape[lead] * row == span:
+  spans, rest = divmod(shape[lead] * row, span) if shape else (0, 1)
+  if rest or spans % jax.device_count():
     return ((ArrayMapping(*values), ArrayMapping(*codes), ArrayMapping(f"{prefix}b")), {},
             values + codes)
   u, r, k = f"{prefix}u", f"{prefix}r", f"{prefix}k"
@@ -164,7 +168,7 @@ def block_factors(shape: tuple[int, ...],
     return present[0] if len(present) == 1 else CompoundFactor(*present)
 
   if len(sizes) == 2:  # `u` is then no whole dimension: its size is not in the shapes
-    sizes[u] = shape[lead] * row // span
+    sizes[u] = spans
   replicated = values[:lead] + values[lead + 1:] + codes[:lead] + codes[lead + 1:]
   values[lead] = codes[lead] = axis(u, r)
   return ((ArrayMapping(*values), ArrayMapping(*codes), ArrayMapping(axis(u, k))), sizes,
@@ -180,10 +184,11 @@ def in_order(factors: list[str], mappings: list[Any]) -> tuple[str, ...]:
 def _partitioned(quantize: bool, shape: tuple[int, ...]) -> Any:
   """One direction of the codec under a `jax.jit` with several devices.
 
-  Sharding: where the array is split along its leading axis only, into whole blocks, each
-  device runs the kernel on its own shard, and the scales are split like that axis (what
-  XLA's form gives there too). Any other layout is gathered first and every device quantizes
-  the whole array: XLA's form gathers it as well, to form blocks of the flattened array.
+  Sharding: where the array's first axis longer than 1 is split into whole blocks, each
+  device runs the kernel on its own rows (a split of another axis is gathered first), and the
+  scales are split like that axis; any other layout is gathered and every device runs the
+  whole array. XLA's form gathers the same, to form blocks of the flattened array, and its
+  results are laid out alike (`leading_split`, `block_factors`).
   Batching (`jax.vmap`, which `custom_partitioning` has no rule for): one array after
   another (each array's blocks are its own).
   """
