@@ -12,6 +12,8 @@ from jax.sharding import PartitionSpec as P
 import gradxform as gx
 from gradxform import parallel
 
+from cpu_kernels import KERNELS_ON
+
 BATCH, D_IN, HIDDEN, D_OUT = 32, 8, 16, 8
 
 
@@ -203,3 +205,29 @@ def test_zero1_on_a_mesh_with_auto_axes():
   _close(z_params, ref_params)
   for leaf in jax.tree.leaves(z_state):
     assert leaf.sharding.is_fully_replicated == (leaf.ndim == 0)
+
+
+def test_zero1_with_int8_state_through_update_and_apply():
+  """ZeRO-1 with int8 state, fused: each device holds an eighth of the codes and scales. A
+  leaf of 12 rows of 4 blocks cannot give 8 devices whole rows; the sharding rule then
+  replicates it (Shardy's split of the mesh axis over rows and blocks failed to compile),
+  and the step is the two calls' within an ulp. (The two calls replicate int8 state under
+  ZeRO-1, with or without kernels: XLA's quantization gathers the leaf.)"""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  tx = gx.zero1(gx.adam(1e-2, state_dtype="int8"), mesh, axis_name="data")
+  rng = np.random.default_rng(4)
+  raw = {"rows": rng.normal(size=(12, 1024)), "split": rng.normal(size=(64, 128))}
+  with jax.set_mesh(mesh):
+    params = parallel.replicate(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), raw), mesh)
+    state = jax.jit(tx.init)(params)
+    grads = jax.tree.map(jnp.sin, params)
+    fused = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(params, state, grads)
+
+    def two_calls(p, s, g):
+      u, s = tx.update(g, s, p)
+      return gx.apply_updates(p, u), s
+
+    want = jax.jit(two_calls)(params, state, grads)
+  _close(fused[0], want[0], rtol=1e-6, atol=1e-7)
+  if KERNELS_ON:  # the fused pass keeps ZeRO-1's split of the leaf whose rows are whole blocks
+    assert fused[1][0].trace["split"].scales.sharding.spec == P("data")
