@@ -393,13 +393,14 @@ def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):
     ((1024, 64), ("d",), True), ((4096, 3), ("d",), True), ((12288,), (("d", "m"),), True),
     ((8, 512), ("d", "m"), False), ((300, 301), ("d",), False),
     ((1, 8, 32, 32), (None, "d"), True),  # the leading axis is 1: split along the next
-    ((12, 1024), (None, ("d", "m")), False),  # zero1's split: 12 rows are not 8 devices
+    ((12, 1024), (None, ("d", "m")), False),  # ZeRO-1's split; 12 spans, 8 devices
     ((64, 4, 64), (None, "d"), False)])
 def test_under_a_sharded_jit_each_device_quantizes_its_own_blocks(shape, spec, own):
   """With several devices, under `jax.jit` on a mesh with automatic axes: where a leaf is split
-  along its leading axis into whole blocks, each device runs the kernel on its own rows and
-  nothing is gathered; any other split is gathered, as XLA's form gathers it. Codes, scales
-  and values bit-equal XLA's operations, and laid out as XLA's form lays them out."""
+  along its first axis longer than 1 into whole blocks, each device runs the kernel on its
+  own rows and nothing is gathered; any other split is gathered, as XLA's form gathers it
+  (also where the leaf's spans of whole rows and blocks are not a multiple of the devices).
+  Codes, scales and values bit-equal XLA's operations, laid out as XLA's form lays them out."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Auto,) * 2)
   x = np.random.default_rng(9).standard_normal(shape).astype(np.float32)

@@ -905,10 +905,10 @@ def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.A
   on 2,000 leaves), so a process with one device makes the plain call (`vmap` then runs it
   once per problem).
 
-  A leaf with int8 slots (`per_block`) runs on each device's rows where its parameter is split
-  along the leading axis into whole blocks (its block scales split alike), and whole on every
-  device otherwise, as `codec` does; a batch of such problems runs one after another (a
-  problem's blocks are its own).
+  A leaf with int8 slots (`per_block`) runs on each device's rows where its parameter's first
+  axis longer than 1 is split into whole blocks (its block scales split alike), and whole on
+  every device otherwise, by `codec`'s rule (`codec.block_factors`, `codec.leading_split`);
+  a batch of such problems runs one after another (a problem's blocks are its own).
   """
   if jax.device_count() == 1:
     return _kernel(name, k, r, written, tuple(operands), block, per_block)
