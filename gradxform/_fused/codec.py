@@ -32,8 +32,7 @@ from gradxform._fused import build, program
 _BLOCK = _quantize.BLOCK_SIZE
 
 # The loop of each direction over the blocks starting in [lo, hi) of one leaf, whose buffers
-# are {values, codes, scales}. `gx_quantize` takes the square roots of an unsigned block in
-# place, so the block is copied first.
+# are {values, codes, scales}.
 _LOOPS = {
     True: f"""
 extern "C" void gx_run(const float* s, void* const* b, int64_t lo, int64_t hi) {{
@@ -42,9 +41,7 @@ extern "C" void gx_run(const float* s, void* const* b, int64_t lo, int64_t hi) {
   float* scales = static_cast<float*>(b[2]);
   for (int64_t at = lo; at < hi; at += {_BLOCK}) {{
     const int64_t n = hi < at + {_BLOCK} ? hi - at : {_BLOCK};
-    float w[{_BLOCK}];
-    memcpy(w, x + at, n * sizeof(float));
-    gx_quantize(w, n, codes + at, scales + at / {_BLOCK});
+    gx_quantize(x + at, n, codes + at, scales + at / {_BLOCK});
   }}
 }}
 """,

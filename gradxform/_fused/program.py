@@ -307,7 +307,7 @@ static void gx_dequantize(const int8_t* codes, float scale, int64_t n, float* x)
     x[i] = root ? v * v : v;
   }
 }
-static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
+static void gx_quantize(const float* x, int64_t n, int8_t* codes, float* scale) {
   // In one pass: whether a NaN is here, the smallest and the largest entry (exact in any
   // order).
   bool nan = false;
@@ -337,20 +337,13 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
     *scale = __builtin_nanf("");
     return;
   }
-  const bool sign = low < 0.f;  // else the unsigned map, of the square roots (taken in place)
+  const bool sign = low < 0.f;  // else the unsigned map, of the square roots
   // The largest magnitude: of a signed block's entries, or of the square roots, whose largest
   // is the root of the largest entry (sqrtf is correctly rounded, so it keeps the order).
   const float absmax = sign ? (-low > high ? -low : high) : sqrtf(high > 0.f ? high : 0.f);
-  if (!sign) {
-    i = 0;
-#ifdef __AVX2__
-    for (; i + 8 <= n; i += 8)  // (no NaN here: max_ps(v, 0) is v > 0 ? v : 0)
-      _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_max_ps(_mm256_loadu_ps(x + i),
-                                                           _mm256_setzero_ps())));
-#endif
-    for (; i < n; ++i) x[i] = sqrtf(x[i] > 0.f ? x[i] : 0.f);
-  }
-  // XLA turns the division by the block's (broadcast) absmax into this multiplication.
+  // XLA turns the division by the block's (broadcast) absmax into this multiplication. An
+  // unsigned block's roots are taken as its entries are loaded (no NaN here: max(v, 0) is
+  // v > 0 ? v : 0).
   const float by = 1.f / (absmax > 0.f ? absmax : 1.f);
   const int32_t* table = gx_rounding + (sign ? 0 : 65536);
   i = 0;
@@ -358,7 +351,9 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
   const __m512 by16 = _mm512_set1_ps(by);
   const __m512i low16 = _mm512_set1_epi32(0xffff), one = _mm512_set1_epi32(1);
   for (; i + 16 <= n; i += 16) {
-    const __m512i u = _mm512_castps_si512(_mm512_mul_ps(_mm512_loadu_ps(x + i), by16));
+    __m512 v = _mm512_loadu_ps(x + i);
+    if (!sign) v = _mm512_sqrt_ps(_mm512_max_ps(v, _mm512_setzero_ps()));
+    const __m512i u = _mm512_castps_si512(_mm512_mul_ps(v, by16));
     const __m512i e = _mm512_i32gather_epi32(_mm512_srli_epi32(u, 16), table, 4);
     const __m512i low = _mm512_and_si512(u, low16), mid = _mm512_srli_epi32(e, 16);
     const __mmask16 negative = _mm512_movepi32_mask(u);
@@ -375,7 +370,9 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
   const __m256 by8 = _mm256_set1_ps(by);
   const __m256i low16_8 = _mm256_set1_epi32(0xffff);
   for (; i + 8 <= n; i += 8) {
-    const __m256i u = _mm256_castps_si256(_mm256_mul_ps(_mm256_loadu_ps(x + i), by8));
+    __m256 v = _mm256_loadu_ps(x + i);
+    if (!sign) v = _mm256_sqrt_ps(_mm256_max_ps(v, _mm256_setzero_ps()));
+    const __m256i u = _mm256_castps_si256(_mm256_mul_ps(v, by8));
     const __m256i e = _mm256_i32gather_epi32(table, _mm256_srli_epi32(u, 16), 4);
     const __m256i low = _mm256_and_si256(u, low16_8), mid = _mm256_srli_epi32(e, 16);
     const __m256i negative = _mm256_srai_epi32(u, 31);  // all ones where negative
@@ -393,7 +390,7 @@ static void gx_quantize(float* x, int64_t n, int8_t* codes, float* scale) {
   }
 #endif
   for (; i < n; ++i) {
-    const float normed = x[i] * by;
+    const float normed = (sign ? x[i] : sqrtf(x[i] > 0.f ? x[i] : 0.f)) * by;
     uint32_t u;
     memcpy(&u, &normed, 4);
     codes[i] = static_cast<int8_t>(gx_code(u, static_cast<uint32_t>(table[u >> 16])));
