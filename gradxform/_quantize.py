@@ -169,14 +169,19 @@ def num_blocks(size: int) -> int:
   return -(-size // BLOCK_SIZE)
 
 
+def _whole(x: jax.Array) -> jax.Array:
+  """`x` replicated where it lives on a mesh with explicit axes (else as it is)."""
+  mesh = mesh_of(x)
+  if explicit_mesh(mesh):
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return x
+
+
 def _blocks(x: jax.Array) -> jax.Array:
   """`x` flattened, zero-padded to whole blocks, as (num_blocks, BLOCK_SIZE). On a mesh with
   explicit axes `x` is first replicated: blocks of the flattened array do not follow its
   split (JAX refuses the reshape)."""
-  mesh = mesh_of(x)
-  if explicit_mesh(mesh):
-    x = jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  flat = jnp.ravel(x)
+  flat = jnp.ravel(_whole(x))
   nb = num_blocks(flat.size)
   return jnp.pad(flat, (0, nb * BLOCK_SIZE - flat.size)).reshape(nb, BLOCK_SIZE)
 
@@ -244,6 +249,7 @@ def _dequantize_kernel_jvp(primals: Any, tangents: Any) -> Any:
 def _dequantize_xla(codes: jax.Array, scales: jax.Array) -> jax.Array:
   """`dequantize` in XLA operations, in float32."""
   idx = _blocks(codes.astype(jnp.int32) + 128)
+  scales = _whole(scales)  # as the blocks (ZeRO-1 splits the scales on explicit axes)
   signed = (scales < 0)[:, None]
   values = jnp.asarray(_MAPS)[idx + jnp.where(signed, 0, 256)]
   values = values * jnp.abs(scales)[:, None]

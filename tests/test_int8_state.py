@@ -299,29 +299,40 @@ def test_a_nan_makes_its_block_nan_whole(size, codec):
                                   np.delete(np.asarray(want.codes), np.s_[256:512]))
 
 
-def test_on_a_mesh_with_explicit_axes_the_state_steps_as_unsplit(monkeypatch):
-  """JAX refuses to reshape a split array into blocks of its flattened entries: on explicit
-  axes the blocks are formed from the replicated leaf (by XLA's form: the kernels are not
-  used there), and two steps give the unsplit arrays' updates and codes, in XLA's form too
-  (the kernel's jitted step may differ by an ulp, as XLA rewrites the arithmetic around it)."""
+def test_on_a_mesh_with_explicit_axes_each_device_quantizes_its_own_rows(monkeypatch):
+  """On a mesh with explicit axes the leaf's layout is in its type: where its leading axis is
+  split into whole blocks, each device quantizes its own rows (a `shard_map` of the kernel;
+  a split of another axis is gathered first) and the state keeps that split; otherwise XLA's
+  form replicates the leaf to cut it into blocks (JAX refuses to reshape the split array).
+  Two eager steps give the unsplit array's updates, codes and scales, bit for bit."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Explicit,) * 2)
   x = np.random.default_rng(3).normal(size=(64, 80)).astype(np.float32)
+  split = {"w": jax.device_put(x, NamedSharding(mesh, P("d", "m"))),
+           "t": jax.device_put(x, NamedSharding(mesh, P(None, "d")))}
   tx = gx.adam(1e-2, state_dtype="int8")
-  split = {"w": jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("d", "m")))}
-  text = _jit(tx.update).lower(split, tx.init(split), split).as_text()
-  assert "gx_codec" not in text and "CustomSPMDPartitioning" not in text
-  monkeypatch.setattr(_quantize, "_codec_usable", lambda x: False)
-  step = jax.jit(tx.update)
-  runs = []
-  for params in ({"w": jnp.asarray(x)}, split):
+
+  def run(params):
     state = tx.init(params)
     for t in (1.0, 2.0):
-      grads = {"w": jnp.sin(params["w"] * t)}
-      updates, state = step(grads, state, params)
-    runs.append((updates, state))
-  chex.assert_trees_all_close(runs[1][0], runs[0][0], rtol=1e-6, atol=1e-9)
-  chex.assert_trees_all_equal(runs[1][1], runs[0][1])
+      updates, state = tx.update(jax.tree.map(lambda p, t=t: jnp.sin(p * t), params), state,
+                                 params)
+    return updates, state
+
+  def spec(a):
+    return tuple(a.sharding.spec) + (None,) * (a.ndim - len(a.sharding.spec))
+
+  with jax.set_mesh(mesh):  # as explicit axes want
+    step = _jit(tx.update)
+    assert ("gx_codec" in step.lower(split, tx.init(split), split).as_text()) == KERNELS_ON
+    m = step(split, tx.init(split), split)[1][0].trace
+    got = run({"w": split["w"]})
+  assert spec(m["w"].codes) == (("d", None) if KERNELS_ON else (None, None))
+  assert spec(m["w"].scales) == (("d",) if KERNELS_ON else (None,))
+  assert spec(m["t"].codes) == (None, None)  # its leading axis is whole
+  assert spec(got[1][0].trace["w"].codes) == spec(m["w"].codes)
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)  # unsplit: the plain kernel
+  chex.assert_trees_all_equal(jax.device_get(got), run({"w": jnp.asarray(x)}))
 
 
 def _inputs():

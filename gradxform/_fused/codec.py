@@ -73,8 +73,19 @@ def usable(x: jax.Array) -> bool:
   its own shards (`_partitioned`). On a mesh with explicit axes, or inside a `shard_map`
   that leaves some axes automatic, XLA's form stays."""
   return (jax.default_backend() == "cpu" and math.prod(jnp.shape(x)) > 0
-          and (program._local(x) or program._automatic(x))
+          and (program._local(x) or program._automatic(x) or _explicit_rows(x) is not None)
           and _program(True) is not None and _program(False) is not None)
+
+
+def _explicit_rows(x: jax.Array) -> tuple[Any, Any] | None:
+  """On a mesh whose axes are all explicit, the layouts of `x` and of its scales that give
+  each device its own rows in whole blocks (`leading_split` of its type's sharding); else
+  None (XLA's form then replicates the leaf to cut it into blocks)."""
+  sharding = jax.typeof(x).sharding
+  types = sharding.mesh.axis_types
+  if not types or not all(t == jax.sharding.AxisType.Explicit for t in types):
+    return None
+  return leading_split(sharding, tuple(x.shape))
 
 
 def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -82,6 +93,10 @@ def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   x = x.astype(jnp.float32)
   if program._local(x):
     return _quantize_here(x)
+  if (rows := _explicit_rows(x)) is not None:  # each device's rows, by `shard_map`
+    array, blocks = rows
+    return jax.shard_map(_quantize_here, mesh=array.mesh, in_specs=array.spec,
+                         out_specs=(array.spec, blocks.spec))(jax.sharding.reshard(x, array))
   return _partitioned(True, x.shape)(x)
 
 
@@ -89,6 +104,11 @@ def dequantize(codes: jax.Array, scales: jax.Array) -> jax.Array:
   """The float32 values of `codes` and `scales` (where `usable`)."""
   if program._local(codes):
     return _dequantize_here(codes, scales)
+  if (rows := _explicit_rows(codes)) is not None:
+    array, blocks = rows
+    codes, scales = jax.sharding.reshard(codes, array), jax.sharding.reshard(scales, blocks)
+    return jax.shard_map(_dequantize_here, mesh=array.mesh, in_specs=(array.spec, blocks.spec),
+                         out_specs=array.spec)(codes, scales)
   return _partitioned(False, codes.shape)(codes, scales)
 
 
