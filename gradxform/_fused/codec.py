@@ -5,7 +5,8 @@ and the array whole in this trace or under a `jax.jit` with automatic axes: `usa
 two calls (`update`, then `apply_updates`) and `init` get them too, not only
 `update_and_apply`'s fused pass. Under a sharded `jax.jit`, a sharding rule gives each device
 its own rows where they are whole blocks (`_partitioned`); the fused pass uses the same rule
-(`block_factors`, `leading_split`). XLA:CPU's own form of
+(`block_factors`, `leading_split`). On explicit axes, where the array's type says so, a
+`shard_map` of the kernel does the same. XLA:CPU's own form of
 `quantize` is bound by its table lookups, a scalar gather per entry: the two-call int8 step
 took 8-14x Optax's float32 step on the large benchmark trees (RESULTS, session 13).
 
@@ -70,8 +71,9 @@ def usable(x: jax.Array) -> bool:
   """Whether `x`'s blocks can go through the kernels here: the CPU backend, the kernels
   available, and either all of `x` in this trace (one device, or inside `pmap` / `shard_map`)
   or a `jax.jit` whose mesh axes are all automatic, where the partitioner hands each device
-  its own shards (`_partitioned`). On a mesh with explicit axes, or inside a `shard_map`
-  that leaves some axes automatic, XLA's form stays."""
+  its own shards (`_partitioned`), or a mesh with explicit axes whose split of `x` gives each
+  device whole blocks of its own (`_explicit_rows`: a `shard_map` of the kernel). Elsewhere
+  (other explicit splits, a `shard_map` that leaves some axes automatic) XLA's form stays."""
   return (jax.default_backend() == "cpu" and math.prod(jnp.shape(x)) > 0
           and (program._local(x) or program._automatic(x) or _explicit_rows(x) is not None)
           and _program(True) is not None and _program(False) is not None)
