@@ -989,7 +989,8 @@ def _quantized_like(x: Any, p: Any) -> bool:
   """Whether `x` is parameter `p`'s slot kept in int8, one the kernel can step: not packed,
   and each array whole here (`_local`) or under a `jax.jit` with automatic axes, where
   `_sharded`'s rule gives each device its rows in whole blocks (or the whole leaf). On a mesh
-  with explicit axes the two calls step it (its leaf would have to be replicated first)."""
+  with explicit axes the two calls step it (their codec runs the kernel there by `shard_map`
+  where the leaf's type gives each device whole blocks)."""
   return (_quantize.is_quantized(x) and not isinstance(p, Packed) and x.shape == p.shape
           and x.codes.dtype == jnp.int8 and x.scales.dtype == jnp.float32
           and x.scales.shape == (_quantize.num_blocks(x.size),)
