@@ -11,6 +11,7 @@ kernel in the program.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -894,7 +895,8 @@ def test_fused_per_device_in_pmap_and_shard_map(how, state_dtype):
       chex.assert_trees_all_close(pick(got, i)[0], want[0], rtol=1e-6)
 
 
-def test_int8_state_under_sharded_jit_steps_each_devices_blocks(monkeypatch):
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_int8_state_under_sharded_jit_steps_each_devices_blocks(monkeypatch, axis_type):
   """With several devices, a leaf split along its leading axis into whole blocks is stepped
   on each device's rows, its block scales split alike: split over both mesh axes flattened;
   split over one, and over the other along its second axis, which is gathered as the two
@@ -903,17 +905,22 @@ def test_int8_state_under_sharded_jit_steps_each_devices_blocks(monkeypatch):
   laid out as the two calls lay them out. A batch of problems steps one after another.
   Without kernels, the same layouts from the two calls, and the chain's parameters."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  mesh = _mesh("Auto")
+  mesh = _mesh(axis_type)
   rng = np.random.default_rng(7)
   values = {"w": ((64, 80), P("d", "m")), "b": ((8192,), P(("d", "m"))),
             "odd": ((100, 41), P("d")), "conv": ((1, 1, 64, 64), P(None, None, "d"))}
   params = {k: jax.device_put(jnp.asarray(rng.normal(size=shape), jnp.float32),
                               NamedSharding(mesh, spec)) for k, (shape, spec) in values.items()}
   tx = gx.adam(1e-2, state_dtype="int8")
-  state = two_calls(tx)(params, tx.init(params), grads_at(0, params))[1]  # laid out by a step
-  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
-  hlo = step.lower(params, state, grads_at(1, params)).compile().as_text()
-  got = step(params, state, grads_at(1, params))
+  explicit = jax.set_mesh(mesh) if axis_type == "Explicit" else contextlib.nullcontext()
+  with explicit:
+    state = two_calls(tx)(params, tx.init(params), grads_at(0, params))[1]  # laid out by a step
+    step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+    hlo = step.lower(params, state, grads_at(1, params)).compile().as_text()
+    got = step(params, state, grads_at(1, params))
+    batch = jax.tree.map(lambda x: jnp.stack([x, -x]), {"b": params["b"]})
+    batched = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p)))
+    got_batch = batched(batch, jax.vmap(tx.init)(batch), batch)
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves((params, state))):  # the two calls'
     assert x.sharding.is_equivalent_to(y.sharding, x.ndim), (x.sharding, y.sharding)
   if KERNELS_ON:
@@ -921,9 +928,6 @@ def test_int8_state_under_sharded_jit_steps_each_devices_blocks(monkeypatch):
     for local in ("f32[16,80]", "f32[1024]", "f32[100,41]", "f32[5]", "f32[4]", "f32[17]",
                   "f32[1,1,16,64]"):  # each device's rows and scales
       assert local in calls, local
-  batch = jax.tree.map(lambda x: jnp.stack([x, -x]), {"b": params["b"]})
-  batched = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p)))
-  got_batch = batched(batch, jax.vmap(tx.init)(batch), batch)
   # The eager chain on one device (the kernel's codec there is XLA's, bit for bit: tested in
   # test_int8_state), which spares every eager operation a partitioned compile.
   # Without kernels the step is the jitted two calls: an ulp from the eager chain, so only the

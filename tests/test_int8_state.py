@@ -302,9 +302,10 @@ def test_a_nan_makes_its_block_nan_whole(size, codec):
 def test_on_a_mesh_with_explicit_axes_each_device_quantizes_its_own_rows(monkeypatch):
   """On a mesh with explicit axes the leaf's layout is in its type: where its leading axis is
   split into whole blocks, each device quantizes its own rows (a `shard_map` of the kernel;
-  a split of another axis is gathered first) and the state keeps that split; otherwise XLA's
-  form replicates the leaf to cut it into blocks (JAX refuses to reshape the split array).
-  Two eager steps give the unsplit array's updates, codes and scales, bit for bit."""
+  a split of another axis is gathered first) and the state keeps that split; otherwise the
+  kernel runs on the whole leaf on each device, which XLA's form replicates too (JAX refuses
+  to reshape the split array). Two eager steps give the unsplit array's updates, codes and
+  scales, bit for bit; under `vmap` each problem's codes, scales and values are XLA's."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Explicit,) * 2)
   x = np.random.default_rng(3).normal(size=(64, 80)).astype(np.float32)
@@ -331,8 +332,17 @@ def test_on_a_mesh_with_explicit_axes_each_device_quantizes_its_own_rows(monkeyp
   assert spec(m["w"].scales) == (("d",) if KERNELS_ON else (None,))
   assert spec(m["t"].codes) == (None, None)  # its leading axis is whole
   assert spec(got[1][0].trace["w"].codes) == spec(m["w"].codes)
+  with jax.set_mesh(mesh):  # a batch of a signed and an unsigned problem, rows split
+    batch = jax.device_put(np.stack([x, np.abs(x)]), NamedSharding(mesh, P(None, "d", "m")))
+    q = _jit(jax.vmap(_quantize.quantize))(batch)
+    values = _jit(jax.vmap(_quantize.dequantize))(q)
+  assert spec(q.codes) == ((None, "d", None) if KERNELS_ON else (None, None, None))
   monkeypatch.setattr(jax, "device_count", lambda *a: 1)  # unsplit: the plain kernel
   chex.assert_trees_all_equal(jax.device_get(got), run({"w": jnp.asarray(x)}))
+  for i, one in enumerate([x, np.abs(x)]):
+    want = _quantize._quantize_xla(jnp.asarray(one))
+    chex.assert_trees_all_equal(jax.device_get(jax.tree.map(lambda a, i=i: a[i], q)), want)
+    np.testing.assert_array_equal(values[i], _quantize._dequantize_xla(*want))
 
 
 def _inputs():

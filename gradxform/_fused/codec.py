@@ -1,12 +1,13 @@
 """int8 state's codec as CPU kernels: one leaf's `quantize` and `dequantize`.
 
 `gradxform._quantize` runs them wherever a kernel can (the CPU backend, the kernels built,
-and the array whole in this trace or under a `jax.jit` with automatic axes: `usable`), so the
+and the array whole in this trace, or under a `jax.jit`: `usable`), so the
 two calls (`update`, then `apply_updates`) and `init` get them too, not only
 `update_and_apply`'s fused pass. Under a sharded `jax.jit`, a sharding rule gives each device
-its own rows where they are whole blocks (`_partitioned`); the fused pass uses the same rule
-(`block_factors`, `leading_split`). On explicit axes, where the array's type says so, a
-`shard_map` of the kernel does the same. XLA:CPU's own form of
+its own rows where they are whole blocks, and all of the array otherwise (`_partitioned`); the
+fused pass uses the same rule (`block_factors`, `rows`, `program.partitioned`). On a mesh with
+explicit axes, where the layout is in the array's type, a `shard_map` of the kernel does the
+same. XLA:CPU's own form of
 `quantize` is bound by its table lookups, a scalar gather per entry: the two-call int8 step
 took 8-14x Optax's float32 step on the large benchmark trees (RESULTS, session 13).
 
@@ -71,23 +72,22 @@ def usable(x: jax.Array) -> bool:
   """Whether `x`'s blocks can go through the kernels here: the CPU backend, the kernels
   available, and either all of `x` in this trace (one device, or inside `pmap` / `shard_map`)
   or a `jax.jit` whose mesh axes are all automatic, where the partitioner hands each device
-  its own shards (`_partitioned`), or a mesh with explicit axes whose split of `x` gives each
-  device whole blocks of its own (`_explicit_rows`: a `shard_map` of the kernel). Elsewhere
-  (other explicit splits, a `shard_map` that leaves some axes automatic) XLA's form stays."""
+  its own shards (`_partitioned`), or a mesh whose axes are all explicit, where the layout is
+  in `x`'s type (`_explicit_layouts`: a `shard_map` of the kernel). Elsewhere (a mesh of
+  mixed axis types, a `shard_map` that leaves some axes automatic) XLA's form stays."""
   return (jax.default_backend() == "cpu" and math.prod(jnp.shape(x)) > 0
-          and (program._local(x) or program._automatic(x) or _explicit_rows(x) is not None)
+          and (program._local(x) or program._automatic(x) or program._all_explicit(x))
           and _program(True) is not None and _program(False) is not None)
 
 
-def _explicit_rows(x: jax.Array) -> tuple[Any, Any] | None:
-  """On a mesh whose axes are all explicit, the layouts of `x` and of its scales that give
-  each device its own rows in whole blocks (`leading_split` of its type's sharding); else
-  None (XLA's form then replicates the leaf to cut it into blocks)."""
-  sharding = jax.typeof(x).sharding
-  types = sharding.mesh.axis_types
-  if not types or not all(t == jax.sharding.AxisType.Explicit for t in types):
+def _explicit_layouts(x: jax.Array) -> tuple[Any, Any] | None:
+  """On a mesh whose axes are all explicit, the layouts of `x` and of its scales for the
+  kernel's `shard_map` (`rows` of its type's sharding: each device's rows in whole blocks, or
+  else all of `x`, gathered as XLA's form gathers it); None on other meshes."""
+  if not program._all_explicit(x):
     return None
-  return leading_split(sharding, tuple(x.shape))
+  sharding = jax.typeof(x).sharding
+  return rows(sharding.mesh, sharding, tuple(x.shape))
 
 
 def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -95,8 +95,8 @@ def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   x = x.astype(jnp.float32)
   if program._local(x):
     return _quantize_here(x)
-  if (rows := _explicit_rows(x)) is not None:  # each device's rows, by `shard_map`
-    array, blocks = rows
+  if (layouts := _explicit_layouts(x)) is not None:  # each device's rows, by `shard_map`
+    array, blocks = layouts
     return jax.shard_map(_quantize_here, mesh=array.mesh, in_specs=array.spec,
                          out_specs=(array.spec, blocks.spec))(jax.sharding.reshard(x, array))
   return _partitioned(True, x.shape)(x)
@@ -106,8 +106,8 @@ def dequantize(codes: jax.Array, scales: jax.Array) -> jax.Array:
   """The float32 values of `codes` and `scales` (where `usable`)."""
   if program._local(codes):
     return _dequantize_here(codes, scales)
-  if (rows := _explicit_rows(codes)) is not None:
-    array, blocks = rows
+  if (layouts := _explicit_layouts(codes)) is not None:
+    array, blocks = layouts
     codes, scales = jax.sharding.reshard(codes, array), jax.sharding.reshard(scales, blocks)
     return jax.shard_map(_dequantize_here, mesh=array.mesh, in_specs=(array.spec, blocks.spec),
                          out_specs=array.spec)(codes, scales)
@@ -200,6 +200,14 @@ def in_order(factors: list[str], mappings: list[Any]) -> tuple[str, ...]:
   return tuple(sorted(factors, key=seen.index))
 
 
+def rows(mesh: Any, sharding: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
+  """The layouts of an array of `shape` laid out by `sharding` on `mesh` and of its scales as
+  the kernel takes them: each device's own rows (`leading_split`), or else the whole array
+  (gathered, as XLA's form gathers it)."""
+  whole = NamedSharding(mesh, PartitionSpec())
+  return leading_split(sharding, shape) or (whole, whole)
+
+
 def _partitioned(quantize: bool, shape: tuple[int, ...]) -> Any:
   """One direction of the codec under a `jax.jit` with several devices.
 
@@ -207,39 +215,25 @@ def _partitioned(quantize: bool, shape: tuple[int, ...]) -> Any:
   device runs the kernel on its own rows (a split of another axis is gathered first), and the
   scales are split like that axis; any other layout is gathered and every device runs the
   whole array. XLA's form gathers the same, to form blocks of the flattened array, and its
-  results are laid out alike (`leading_split`, `block_factors`).
+  results are laid out alike (`rows`, `block_factors`).
   Batching (`jax.vmap`, which `custom_partitioning` has no rule for): one array after
   another (each array's blocks are its own).
   """
-  from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
+  from jax.experimental.custom_partitioning import SdyShardingRule
   here = _quantize_here if quantize else _dequantize_here
 
-  def layouts(mesh: Any, sharding: Any) -> tuple[Any, Any]:
-    whole = NamedSharding(mesh, PartitionSpec())
-    return leading_split(sharding, shape) or (whole, whole)
+  def layouts(mesh: Any, arg_shapes: Any) -> tuple[Any, Any]:
+    array, blocks = rows(mesh, arg_shapes[0].sharding, shape)
+    return ((array,), (array, blocks)) if quantize else ((array, blocks), array)
 
-  def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
-    array, blocks = layouts(mesh, arg_shapes[0].sharding)
-    if quantize:
-      return mesh, here, (array, blocks), (array,)
-    return mesh, here, array, (array, blocks)
-
-  def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> Any:
-    array, blocks = layouts(mesh, arg_shapes[0].sharding)
-    return (array, blocks) if quantize else array
+  def batch(size: int, in_batched: list[bool], *ops: jax.Array) -> tuple[Any, Any]:
+    ops = tuple(x if b else jnp.broadcast_to(x, (size, *x.shape))
+                for x, b in zip(ops, in_batched))
+    one = _partitioned(quantize, shape)
+    return jax.lax.map(lambda x: one(*x), ops), (True, True) if quantize else True
 
   (values, codes, blocks), sizes, whole = block_factors(shape)
   mappings = ((values,), (codes, blocks)) if quantize else ((codes, blocks), (values,))
   rule = SdyShardingRule(*mappings, **sizes, need_replication_factors=in_order(
       whole, [*mappings[0], *mappings[1]]))
-  partitioned = custom_partitioning(here)
-  partitioned.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
-  batched = jax.custom_batching.custom_vmap(partitioned)
-
-  @batched.def_vmap
-  def _batch(size: int, in_batched: list[bool], *ops: jax.Array) -> tuple[Any, Any]:
-    ops = tuple(x if b else jnp.broadcast_to(x, (size, *x.shape))
-                for x, b in zip(ops, in_batched))
-    return jax.lax.map(lambda one: batched(*one), ops), (True, True) if quantize else True
-
-  return batched
+  return program.partitioned(here, layouts, rule, batch)

@@ -796,11 +796,14 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
   for width in widths:
     per_block |= (1 << (at + 1)) if width == 2 else 0  # a quantized slot's scales
     at += width
-  if per_block:  # no explicit mesh (`_quantized_like`)
+  if per_block:
     operands = [scalars, *(x for leaf in per_leaf for x in leaf)]
-    got = (_kernel(name, k, r, written, tuple(operands), _BLOCK, per_block)
-           if all(map(_local, operands[1:])) else
-           _sharded(name, k, r, written, operands, _BLOCK, per_block))
+    if all(map(_local, operands[1:])):
+      got = _kernel(name, k, r, written, tuple(operands), _BLOCK, per_block)
+    elif any(map(_explicit, operands[1:])):  # all explicit (`_quantized_like`)
+      got = _explicit_rows(name, k, r, written, scalars, per_leaf, per_block)
+    else:
+      got = _sharded(name, k, r, written, operands, _BLOCK, per_block)
     columns = [got[j::r] for j in range(r)]
     it = iter(columns[1:])
     return [columns[0]] + [[_quantize.QuantizedArray(*q) for q in zip(c, next(it))]
@@ -812,6 +815,30 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
   return [[x if t is None else _reshard(x, t) for x, t in zip(got[j::r], targets)]
           for j in range(r)]
 
+
+def _explicit_rows(name: str, k: int, r: int, written: list[int], scalars: jax.Array,
+                   per_leaf: list[list[jax.Array]], per_block: int) -> list[jax.Array]:
+  """The program over leaves with int8 slots on a mesh with explicit axes: a `shard_map`
+  running it on each device's rows of each leaf in whole blocks, or on all of the leaf
+  (`codec.rows` of the layout the two calls give it, `_explicit_shardings`), as int8's codec
+  lays the state out there. The parameter then takes the two calls' layout again."""
+  from gradxform._fused import codec
+  mesh = next(mesh_of(x) for leaf in per_leaf for x in leaf if _explicit(x))
+  values = [[x for i, x in enumerate(leaf) if not (per_block >> i) & 1] for leaf in per_leaf]
+  targets = [NamedSharding(mesh, PartitionSpec()) if t is None else t
+             for t in _explicit_shardings(values)]
+  layouts = [[blocks if (per_block >> i) & 1 else array for i in range(k)]
+             for array, blocks in (codec.rows(mesh, t, leaf[1].shape)
+                                   for t, leaf in zip(targets, per_leaf))]
+  run = jax.shard_map(
+      lambda s, *ops: tuple(_kernel(name, k, r, written, (s, *ops), _BLOCK, per_block)),
+      mesh=mesh, in_specs=(PartitionSpec(), *(x.spec for leaf in layouts for x in leaf)),
+      out_specs=tuple(leaf[i].spec for leaf in layouts for i in written))
+  got = list(run(_reshard(scalars, NamedSharding(mesh, PartitionSpec())),
+                 *(_reshard(x, s) for leaf, ss in zip(per_leaf, layouts)
+                   for x, s in zip(leaf, ss))))
+  got[::r] = [_reshard(x, t) for x, t in zip(got[::r], targets)]
+  return got
 
 def _explicit_shardings(per_leaf: list[list[jax.Array]]) -> list[Any]:
   """Per leaf, the sharding of its step where its arrays live on a mesh with explicit axes,
@@ -904,13 +931,12 @@ def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.A
 
   A leaf with int8 slots (`per_block`) runs on each device's rows where its parameter's first
   axis longer than 1 is split into whole blocks (its block scales split alike), and whole on
-  every device otherwise, by `codec`'s rule (`codec.block_factors`, `codec.leading_split`);
+  every device otherwise, by `codec`'s rule (`codec.block_factors`, `codec.rows`);
   a batch of such problems runs one after another (a problem's blocks are its own).
   """
   if jax.device_count() == 1:
     return _kernel(name, k, r, written, tuple(operands), block, per_block)
-  from jax.experimental.custom_partitioning import (ArrayMapping, SdyShardingRule,
-                                                    custom_partitioning)
+  from jax.experimental.custom_partitioning import ArrayMapping, SdyShardingRule
   from gradxform._fused import codec
   n = (len(operands) - 1) // k
   shapes = [operands[1 + k * m + 1].shape for m in range(n)]  # each leaf's parameter
@@ -924,20 +950,16 @@ def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.A
     for m, shape in enumerate(shapes):
       s = arg_shapes[1 + k * m + 1].sharding  # the parameter's
       if per_block:  # its rows in whole blocks, or the whole leaf
-        whole = NamedSharding(mesh, PartitionSpec())
-        array, blocks = codec.leading_split(s, shape) or (whole, whole)
+        array, blocks = codec.rows(mesh, s, shape)
         out.append([blocks if (per_block >> i) & 1 else array for i in range(k)])
       else:
         out.append([s] * k)
     return out
 
-  def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
+  def layouts(mesh: Any, arg_shapes: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     leaf = leaf_shardings(mesh, arg_shapes)
-    args = (NamedSharding(mesh, PartitionSpec()),) + tuple(s for x in leaf for s in x)
-    return mesh, run, tuple(x[i] for x in leaf for i in written), args
-
-  def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
-    return tuple(x[i] for x in leaf_shardings(mesh, arg_shapes) for i in written)
+    return ((NamedSharding(mesh, PartitionSpec()),) + tuple(s for x in leaf for s in x),
+            tuple(x[i] for x in leaf for i in written))
 
   sizes: dict[str, int] = {}
   replicated = ["s"]
@@ -956,12 +978,8 @@ def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.A
       tuple(leaf[i] for leaf in leaves for i in written), **sizes,
       need_replication_factors=codec.in_order(replicated, [ArrayMapping("s")] + [
           x for leaf in leaves for x in leaf]))
-  partitioned = custom_partitioning(run)
-  partitioned.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
-  batched = jax.custom_batching.custom_vmap(partitioned)
 
-  @batched.def_vmap
-  def _batch(size: int, in_batched: list[bool], *ops: jax.Array) -> tuple[Any, tuple[bool, ...]]:
+  def batch(size: int, in_batched: list[bool], *ops: jax.Array) -> tuple[Any, tuple[bool, ...]]:
     if in_batched[0] or per_block:  # one problem after another
 
       def one(sliced: list[jax.Array]) -> tuple[jax.Array, ...]:
@@ -975,8 +993,29 @@ def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.A
             for x, b in zip(ops[1:], in_batched[1:])]
     return tuple(_sharded(name, k, r, written, [ops[0], *wide])), (True,) * (n * r)
 
-  return list(batched(*operands))
+  return list(partitioned(run, layouts, rule, batch)(*operands))
 
+
+def partitioned(run: Any, layouts: Any, rule: Any, batch: Any) -> Any:
+  """`run` with a sharding rule and a batching rule: `custom_partitioning` under a `jax.jit`
+  with several devices, each device running `run` on the operands laid out by
+  `layouts(mesh, arg_shapes)` (their shardings, then the results'), `rule` the Shardy rule
+  that propagates them; and `custom_vmap` with `batch` as its rule, which
+  `custom_partitioning` lacks. The fused pass (`_sharded`) and int8's codec use it."""
+  from jax.experimental.custom_partitioning import custom_partitioning
+
+  def partition(mesh: Any, arg_shapes: Any, result_shape: Any) -> tuple[Any, ...]:
+    args, results = layouts(mesh, arg_shapes)
+    return mesh, run, results, args
+
+  def infer(mesh: Any, arg_shapes: Any, result_shape: Any) -> Any:
+    return layouts(mesh, arg_shapes)[1]
+
+  rules = custom_partitioning(run)
+  rules.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
+  batched = jax.custom_batching.custom_vmap(rules)
+  batched.def_vmap(batch)
+  return batched
 
 def _stored(x: Any) -> bool:
   """Whether `x` is an array (or `Packed` arrays) of a dtype the kernel loads and stores."""
@@ -987,14 +1026,15 @@ def _stored(x: Any) -> bool:
 
 def _quantized_like(x: Any, p: Any) -> bool:
   """Whether `x` is parameter `p`'s slot kept in int8, one the kernel can step: not packed,
-  and each array whole here (`_local`) or under a `jax.jit` with automatic axes, where
-  `_sharded`'s rule gives each device its rows in whole blocks (or the whole leaf). On a mesh
-  with explicit axes the two calls step it (their codec runs the kernel there by `shard_map`
-  where the leaf's type gives each device whole blocks)."""
+  and each array whole here (`_local`), or under a `jax.jit` with automatic axes, where
+  `_sharded`'s rule gives each device its rows in whole blocks (or the whole leaf), or on a
+  mesh whose axes are all explicit, where `_explicit_rows` does the same by `shard_map`. A
+  mesh of mixed axis types leaves it to the two calls."""
   return (_quantize.is_quantized(x) and not isinstance(p, Packed) and x.shape == p.shape
           and x.codes.dtype == jnp.int8 and x.scales.dtype == jnp.float32
           and x.scales.shape == (_quantize.num_blocks(x.size),)
-          and all(_local(a) or _automatic(a) for a in (p, x.codes, x.scales)))
+          and all(_local(a) or _automatic(a) or _all_explicit(a)
+                  for a in (p, x.codes, x.scales)))
 
 
 def _local(x: Any) -> bool:
@@ -1019,6 +1059,12 @@ def _packs_alike(p: Any, g: Any) -> bool:
   arrays = p.pieces + (g.pieces if isinstance(g, Packed) else [g])
   return (g.sizes() == p.sizes() if isinstance(g, Packed) else g.shape == p.shape) and not any(
       map(_explicit, arrays))
+
+
+def _all_explicit(x: Any) -> bool:
+  """Whether every axis of the mesh `x` lives on is explicit (and it has one)."""
+  types = mesh_of(x).axis_types
+  return bool(types) and all(t == jax.sharding.AxisType.Explicit for t in types)
 
 
 def _explicit(x: jax.Array) -> bool:
