@@ -185,6 +185,13 @@ def test_zero1_spec_rule():
   assert parallel.zero1_spec((8, 64), 8) == P(None, "data")
   assert parallel.zero1_spec((16, 12), 8, "d") == P("d", None)
   assert parallel.zero1_spec((16, 16), 8) == P("data", None)
+  # The first axis longer than 1 when each device's part holds whole blocks of 256 entries
+  # (int8 state's), even where another axis is longer
+  assert parallel.zero1_spec((64, 128), 8) == P("data", None)
+  assert parallel.zero1_spec((1, 1, 64, 64), 8) == P(None, None, "data", None)
+  assert parallel.zero1_spec((12, 1024), 8) == P(None, "data")  # 12 rows: not divisible
+  assert parallel.zero1_spec((8, 200), 8) == P(None, "data")  # rows of 200: no whole blocks
+  assert parallel.zero1_spec((64, 128), 1) == P()
   with pytest.raises(ValueError, match="no axis"):
     gx.zero1(gx.sgd(0.1), jax.make_mesh((8,), ("data",)), axis_name="batch")
 
@@ -208,30 +215,70 @@ def test_zero1_on_a_mesh_with_auto_axes():
 
 
 @pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
-def test_zero1_with_int8_state_through_update_and_apply(axis_type):
-  """ZeRO-1 with int8 state, fused: on automatic axes each device holds an eighth of the codes
-  and scales. A leaf of 12 rows of 4 blocks cannot give 8 devices whole rows; the sharding
-  rule then replicates it (Shardy's split of the mesh axis over rows and blocks failed to
-  compile), and the step is the two calls' within an ulp. (The two calls replicate int8
-  state under ZeRO-1, with or without kernels: XLA's quantization gathers the leaf.) On
-  explicit axes int8 leaves take the two calls; ZeRO-1's split scales made XLA's dequantize
-  fail there until they were replicated with the codes."""
+def test_zero1_with_int8_state_keeps_an_eighth_on_each_device(axis_type):
+  """ZeRO-1 with int8 state, fused and by the two calls: every state leaf stays split over the
+  8 devices (codes and scales), as `init` placed it. A leaf of 64 rows of 128 is split by rows,
+  8 to a device, 4 whole blocks: the kernels step each device's rows (on automatic axes by
+  the sharding rule, on explicit ones by `shard_map`). A leaf of 12 rows of 4 blocks cannot
+  give 8 devices whole rows: it is split along its columns, stepped whole on each device,
+  and sliced again (before, such state came out of the step replicated; and Shardy's split of
+  the mesh axis over rows and blocks failed to compile). Parameters: the two calls' within an
+  ulp, and the unsharded chain's."""
   mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(jax.sharding.AxisType, axis_type),))
-  tx = gx.zero1(gx.adam(1e-2, state_dtype="int8"), mesh, axis_name="data")
+  inner = gx.adam(1e-2, state_dtype="int8")
+  tx = gx.zero1(inner, mesh, axis_name="data")
   rng = np.random.default_rng(4)
   raw = {"rows": rng.normal(size=(12, 1024)), "split": rng.normal(size=(64, 128))}
+
+  def two_calls(p, s, g):
+    u, s = tx.update(g, s, p)
+    return gx.apply_updates(p, u), s
+
   with jax.set_mesh(mesh):
     params = parallel.replicate(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), raw), mesh)
     state = jax.jit(tx.init)(params)
     grads = jax.tree.map(jnp.sin, params)
-    fused = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))(params, state, grads)
-
-    def two_calls(p, s, g):
-      u, s = tx.update(g, s, p)
-      return gx.apply_updates(p, u), s
-
+    fused = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+    hlo = fused.lower(params, state, grads).compile().as_text()
+    got = fused(params, state, grads)
     want = jax.jit(two_calls)(params, state, grads)
-  _close(fused[0], want[0], rtol=1e-6, atol=1e-7)
-  if KERNELS_ON and axis_type == "Auto":  # the fused pass keeps ZeRO-1's split of the leaf
-    # whose rows are whole blocks
-    assert fused[1][0].trace["split"].scales.sharding.spec == P("data")
+  assert parallel.specs(state)[0].trace == {"rows": (P(None, "data"), P("data")),
+                                           "split": (P("data"), P("data"))}
+  for new in (got, want):
+    assert parallel.specs(new[1]) == parallel.specs(state)
+    for x in jax.tree.leaves(new[1]):  # an eighth of each leaf on each device
+      assert x.ndim == 0 or 8 * np.prod(x.sharding.shard_shape(x.shape)) == x.size
+  _close(got[0], want[0], rtol=1e-6, atol=1e-7)
+  host = jax.device_get(params)
+  updates, _ = inner.update(jax.device_get(grads), inner.init(host), host)
+  _close(got[0], gx.apply_updates(host, updates), rtol=1e-6, atol=1e-7)
+  if KERNELS_ON:
+    calls = " ".join(ln for ln in hlo.splitlines() if "gx_elementwise" in ln)
+    assert "f32[8,128]" in calls and "f32[12,1024]" in calls  # rows; the whole leaf
+
+
+def test_zero1_state_saved_in_the_old_layout_restores_into_the_new_one():
+  """Session 16 changed `zero1_spec` for leaves whose first axis splits into whole blocks of
+  256: (64, 128) was split along its 128 columns, now along its 64 rows. A checkpoint holds
+  values, not layouts: a state saved from the old layout (Flax's msgpack) restores with
+  `zero1_shardings` into the new one, and the next step is the same, bit for bit."""
+  from flax import serialization
+  mesh = jax.make_mesh((8,), ("data",))
+  tx = gx.zero1(gx.adam(1e-2), mesh)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+  raw = {"w": np.random.default_rng(9).normal(size=(64, 128)).astype(np.float32)}
+  with jax.set_mesh(mesh):
+    params = parallel.replicate(raw, mesh)
+    grads = jax.tree.map(jnp.cos, params)
+    state = step(params, jax.jit(tx.init)(params), grads)[1]
+    old = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P(
+        *[None, "data"][:x.ndim]) if x.ndim == 2 else x.sharding.spec)), state)
+    saved = serialization.to_bytes(old)
+    target = jax.tree.map(np.zeros_like, jax.device_get(old))
+    restored = jax.device_put(serialization.from_bytes(target, saved),
+                              gx.zero1_shardings(target, mesh))
+    assert parallel.specs(old)[0].trace["w"] == P(None, "data")
+    assert parallel.specs(restored) == parallel.specs(state)
+    assert parallel.specs(state)[0].trace["w"] == P("data")
+    np.testing.assert_array_equal(jax.device_get(step(params, restored, grads)[0]["w"]),
+                                  jax.device_get(step(params, state, grads)[0]["w"]))

@@ -9,6 +9,7 @@ element is that of the unsharded optimizer, so results are identical.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -19,6 +20,7 @@ from gradxform import _check
 from gradxform._base import GradientTransformation, transform, update_and_apply
 from gradxform._equality import Fn
 from gradxform._parallel.sharding import explicit_mesh
+from gradxform._quantize import BLOCK_SIZE
 
 
 def _axis_size(mesh: Mesh, axis_name: str) -> int:
@@ -30,14 +32,22 @@ def _axis_size(mesh: Mesh, axis_name: str) -> int:
 def zero1_spec(shape: tuple[int, ...], size: int, axis_name: str = "data") -> PartitionSpec:
   """The `PartitionSpec` of a state leaf of `shape` under ZeRO-1 over `size` devices.
 
-  The largest dimension divisible by `size` (the first such on ties) is split over
-  `axis_name`; scalars and leaves with no divisible dimension stay replicated.
+  One dimension is split over `axis_name`: the first longer than 1 where each device's part
+  of it holds whole blocks of int8 state (`BLOCK_SIZE` entries of the flattened leaf), so
+  that such state is quantized on each device's own rows; else the largest dimension
+  divisible by `size` (the first such on ties). Scalars and leaves with no divisible
+  dimension stay replicated.
   """
-  best = None
-  for dim, n in enumerate(shape):
-    if n > 0 and n % size == 0 and (best is None or n > shape[best]):
-      best = dim
-  if best is None or size == 1:
+  if size == 1:
+    return PartitionSpec()
+  lead = next((d for d, n in enumerate(shape) if n > 1), None)
+  if lead is not None and shape[lead] % size == 0 and (
+      shape[lead] // size * math.prod(shape[lead + 1:])) % BLOCK_SIZE == 0:
+    best: int | None = lead
+  else:  # `max` keeps the first of equals
+    divisible = [d for d, n in enumerate(shape) if n > 0 and n % size == 0]
+    best = max(divisible, key=lambda d: shape[d], default=None)
+  if best is None:
     return PartitionSpec()
   spec: list[Any] = [None] * len(shape)
   spec[best] = axis_name
@@ -79,11 +89,12 @@ def zero1(inner: GradientTransformation, mesh: Mesh, *,
           axis_name: str = "data") -> GradientTransformation:
   """Keeps `inner`'s state partitioned over `axis_name` of `mesh` (ZeRO stage 1).
 
-  `init` places each state leaf with `zero1_spec` (largest divisible dimension split over the
-  data axis, scalars replicated). `update` slices the incoming updates and the parameters the
-  same way (no communication when they are replicated), runs `inner.update` on the slices,
-  and gathers the emitted updates back to the layout they came in (replicated on a plain
-  data-parallel mesh). `gx.update_and_apply` does the same with the whole step: each device
+  `init` places each state leaf with `zero1_spec` (one dimension split over the data axis,
+  scalars replicated). `update` slices the incoming updates and the parameters the same way
+  (no communication when they are replicated), runs `inner.update` on the slices, gathers the
+  emitted updates back to the layout they came in (replicated on a plain data-parallel mesh)
+  and places the new state as `init` did (int8 state computed whole on each device is sliced
+  again). `gx.update_and_apply` does the same with the whole step: each device
   steps its slice of the parameters (with `inner`'s fused CPU pass where it has one) and the
   new parameters are gathered. For element-wise optimizers (Adam, SGD, RMSprop, ...) every
   element sees the same arithmetic as without sharding, so the numerics are identical.
@@ -136,11 +147,11 @@ def zero1(inner: GradientTransformation, mesh: Mesh, *,
     if extra.get("grad") is not None:
       extra = dict(extra, grad=shard(extra["grad"]))
     out, state = inner.update(sliced, state, sliced_params, **extra)
-    return jax.tree.map(gathered, out, updates), state
+    return jax.tree.map(gathered, out, updates), shard(state)
 
   def step(grads, state, params):  # `update_and_apply` through this wrapper
     new_params, state = update_and_apply(inner, shard(grads), state, shard(params))
-    return jax.tree.map(gathered, new_params, params), state
+    return jax.tree.map(gathered, new_params, params), shard(state)
 
   return GradientTransformation(init, Fn(update, None, update_and_apply=step))
 
