@@ -34,12 +34,14 @@ AdamW) on the same trees, run by `torch_step.py` in that interpreter's own proce
 the same way. `--shard N` splits every leaf whose leading axis N divides over N devices
 (the others replicated), as data-parallel training with ZeRO-style state does, and lays out
 each library's state by one untimed step before compiling the timed one; on a CPU host the
-devices are faked by XLA_FLAGS (above), and share the host's cores.
+devices are faked by XLA_FLAGS (above), and share the host's cores. `--explicit` makes
+the mesh's axis explicit (JAX's shardings in types) instead of automatic.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -309,14 +311,22 @@ def host_trees(shapes: list[tuple[str, tuple[int, ...]]], seed: int,
   return params, grads
 
 
-def split(tree: Any, n: int) -> Any:
-  """`tree` with each leaf split along its leading axis over the first `n` devices where `n`
-  divides that axis, the other leaves replicated on them (`--shard`)."""
-  from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+def shard_mesh(n: int, explicit: bool = False) -> Any:
+  """A mesh of the first `n` devices along one axis "d", automatic or explicit (`--shard`,
+  `--explicit`)."""
+  from jax.sharding import AxisType, Mesh
   if jax.device_count() < n:
     raise SystemExit(f"--shard {n}: this process has {jax.device_count()} devices; on a CPU "
                      f"host set XLA_FLAGS=--xla_force_host_platform_device_count={n}")
-  mesh = Mesh(np.array(jax.devices()[:n]), ("d",), axis_types=(AxisType.Auto,))
+  kind = AxisType.Explicit if explicit else AxisType.Auto
+  return Mesh(np.array(jax.devices()[:n]), ("d",), axis_types=(kind,))
+
+
+def split(tree: Any, mesh: Any) -> Any:
+  """`tree` with each leaf split along its leading axis over `mesh`'s devices where their
+  number divides that axis, the other leaves replicated on them (`--shard`)."""
+  from jax.sharding import NamedSharding, PartitionSpec
+  n = mesh.size
   return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec(
       "d" if x.ndim and x.shape[0] % n == 0 else None))), tree)
 
@@ -324,11 +334,21 @@ def split(tree: Any, n: int) -> Any:
 def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, warmup: int,
               seed: int, state_dtype: Any, snapshot: list[Any] | None = None,
               param_dtype: Any = jnp.float32, start: tuple[Any, Any] | None = None,
-              shard: int = 0) -> dict[str, Any]:
+              shard: int = 0, explicit: bool = False) -> dict[str, Any]:
   """Compiles and times one library's step; with `snapshot` (a list), appends the params after
   `CHECK_STEPS` steps of the compiled step (as NumPy arrays) for `max_rel_diff`. `start`:
   `host_trees(...)`, the params and grads to start from (copied to the device here: the step
-  donates its inputs); None makes them with `make_tree`. `shard`: see `split`."""
+  donates its inputs); None makes them with `make_tree`. `shard`, `explicit`: see `split`
+  (on explicit axes the whole run is under `jax.set_mesh`, as JAX wants)."""
+  mesh = shard_mesh(shard, explicit) if shard else None
+  with jax.set_mesh(mesh) if explicit and mesh is not None else contextlib.nullcontext():
+    return _bench_one(lib, opt, tree_name, shapes, reps, warmup, seed, state_dtype, snapshot,
+                      param_dtype, start, mesh)
+
+
+def _bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, warmup: int,
+               seed: int, state_dtype: Any, snapshot: list[Any] | None, param_dtype: Any,
+               start: tuple[Any, Any] | None, mesh: Any) -> dict[str, Any]:
   if start is None:
     params = make_tree(shapes, seed, param_dtype)
     grads = jax.tree.map(lambda p: 0.1 * p + 1e-3, make_tree(shapes, seed + 1, param_dtype))
@@ -337,9 +357,10 @@ def bench_one(lib: str, opt: str, tree_name: str, shapes: list[Any], reps: int, 
   size = np.dtype(param_dtype).itemsize  # bytes a word
   tx = build(lib, opt, state_dtype)
   step = make_step(lib, tx)
-  if shard:
-    params, grads = split(params, shard), split(grads, shard)
+  if mesh is not None:
+    params, grads = split(params, mesh), split(grads, mesh)
     params, state = step(params, tx.init(params), grads)  # the state laid out as it steps
+    jax.clear_caches()  # the timed compile below compiles (on explicit axes it hit the cache)
   else:
     state = tx.init(params)
   block((params, grads, state))
@@ -507,6 +528,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--shard", type=int, default=0,
                   help="split the leaves over this many devices (see the module docstring)")
+  ap.add_argument("--explicit", action="store_true",
+                  help="with --shard: a mesh with explicit axes, not automatic ones")
   ap.add_argument("--torch-python", default=None,
                   help="a Python with torch: also time torch.optim's fused step "
                        f"({','.join(TORCH_OPTIMIZERS)}) in its own process")
@@ -561,8 +584,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       snapshots: list[Any] | None = [] if args.check and len(libs) > 1 else None
       for lib in libs:
         row = bench_one(lib, opt, tree_name, shapes, reps, warmup, args.seed, args.state_dtype,
-                        snapshots, jnp.dtype(args.param_dtype), start, args.shard)
+                        snapshots, jnp.dtype(args.param_dtype), start, args.shard,
+                        args.explicit)
         row["shard"] = args.shard
+        row["explicit"] = args.explicit
         row["kind"] = "step"
         row["fraction_of_reference_bandwidth"] = row["achieved_bytes_per_s"] / ref
         rows.append(row)

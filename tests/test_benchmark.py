@@ -137,18 +137,22 @@ def test_torch_step_failure_stops_with_its_message(bench, tmp_path):
     bench.bench_torch(str(fake), "adam", "t", [("w", (4,))], reps=1, warmup=0, seed=0)
 
 
-def test_shard_splits_leaves_and_the_libraries_still_agree(bench, tmp_path):
+@pytest.mark.parametrize("explicit", [False, True])
+def test_shard_splits_leaves_and_the_libraries_still_agree(bench, tmp_path, explicit):
   """`--shard 8` on the suite's 8 fake devices: a leaf whose leading axis 8 divides is split
-  over the 8, the others replicated; the steps still give Optax's parameters."""
+  over the 8, the others replicated; the steps still give Optax's parameters, on automatic
+  and (`--explicit`) explicit axes."""
   import jax
   import numpy as np
-  tree = bench.split({"a": np.zeros((64, 32)), "c": np.zeros((3, 3, 4, 8))}, 8)
+  tree = bench.split({"a": np.zeros((64, 32)), "c": np.zeros((3, 3, 4, 8))},
+                     bench.shard_mesh(8))
   assert tree["a"].sharding.shard_shape((64, 32)) == (8, 32)
   assert tree["c"].sharding.is_fully_replicated and len(tree["c"].devices()) == 8
   jsonl = tmp_path / "out.jsonl"
   rows = bench.main(["--quick", "--shard", "8", "--trees", "quick_mixed", "--optimizers",
                      "adam", "--libs", "gx,gx_fused,optax", "--reps", "1", "--warmup", "0",
-                     "--check", "--json", str(jsonl)])
+                     "--check", "--json", str(jsonl)] + ["--explicit"] * explicit)
   assert [r["shard"] for r in rows] == [8, 8, 8] and jax.device_count() >= 8
+  assert [r["explicit"] for r in rows] == [explicit] * 3
   (check,) = [r for r in map(json.loads, jsonl.read_text().splitlines()) if r["kind"] == "check"]
   assert check["max_rel_param_diff"] < 1e-5, check
