@@ -789,7 +789,7 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
 
 def fused_packed(tx: GradientTransformation, grads: Updates, state: OptState, params: Params,
                  unpack: Callable[[Any], Any]) -> tuple[Params, OptState] | None:
-  """`update_and_apply(tx, ...)` over a tree holding `_fused.program.Packed` leaves (a
+  """`update_and_apply(tx, ...)` over a tree holding `_fused.calls.Packed` leaves (a
   flatten's packed buffers, never concatenated), or None where `tx`'s fused tail cannot run
   over them (then what was traced is unused). The parts before the tail run on `unpack(grads)`
   and `unpack(params)` (the buffers concatenated); the checks see only shapes and dtypes."""

@@ -5,7 +5,7 @@ and the array whole in this trace, or under a `jax.jit`: `usable`), so the
 two calls (`update`, then `apply_updates`) and `init` get them too, not only
 `update_and_apply`'s fused pass. Under a sharded `jax.jit`, a sharding rule gives each device
 its own rows where they are whole blocks, and all of the array otherwise (`_partitioned`); the
-fused pass uses the same rule (`block_factors`, `rows`, `program.partitioned`). On a mesh with
+fused pass uses the same rule (`block_factors`, `rows`, `calls.partitioned`). On a mesh with
 explicit axes, where the layout is in the array's type, a `shard_map` of the kernel does the
 same. XLA:CPU's own form of
 `quantize` is bound by its table lookups, a scalar gather per entry: the two-call int8 step
@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gradxform import _quantize
-from gradxform._fused import build, program
+from gradxform._fused import build, calls, program
 
 _BLOCK = _quantize.BLOCK_SIZE
 
@@ -76,7 +76,7 @@ def usable(x: jax.Array) -> bool:
   in `x`'s type (`_explicit_layouts`: a `shard_map` of the kernel). Elsewhere (a mesh of
   mixed axis types, a `shard_map` that leaves some axes automatic) XLA's form stays."""
   return (jax.default_backend() == "cpu" and math.prod(jnp.shape(x)) > 0
-          and (program._local(x) or program._automatic(x) or program._all_explicit(x))
+          and (calls.local(x) or calls.automatic(x) or calls.all_explicit(x))
           and _program(True) is not None and _program(False) is not None)
 
 
@@ -84,7 +84,7 @@ def _explicit_layouts(x: jax.Array) -> tuple[Any, Any] | None:
   """On a mesh whose axes are all explicit, the layouts of `x` and of its scales for the
   kernel's `shard_map` (`rows` of its type's sharding: each device's rows in whole blocks, or
   else all of `x`, gathered as XLA's form gathers it); None on other meshes."""
-  if not program._all_explicit(x):
+  if not calls.all_explicit(x):
     return None
   sharding = jax.typeof(x).sharding
   return rows(sharding.mesh, sharding, tuple(x.shape))
@@ -93,7 +93,7 @@ def _explicit_layouts(x: jax.Array) -> tuple[Any, Any] | None:
 def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """`x`'s int8 codes (in its shape) and float32 block scales (where `usable`)."""
   x = x.astype(jnp.float32)
-  if program._local(x):
+  if calls.local(x):
     return _quantize_here(x)
   if (layouts := _explicit_layouts(x)) is not None:  # each device's rows, by `shard_map`
     array, blocks = layouts
@@ -104,7 +104,7 @@ def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def dequantize(codes: jax.Array, scales: jax.Array) -> jax.Array:
   """The float32 values of `codes` and `scales` (where `usable`)."""
-  if program._local(codes):
+  if calls.local(codes):
     return _dequantize_here(codes, scales)
   if (layouts := _explicit_layouts(codes)) is not None:
     array, blocks = layouts
@@ -236,4 +236,4 @@ def _partitioned(quantize: bool, shape: tuple[int, ...]) -> Any:
   mappings = ((values,), (codes, blocks)) if quantize else ((codes, blocks), (values,))
   rule = SdyShardingRule(*mappings, **sizes, need_replication_factors=in_order(
       whole, [*mappings[0], *mappings[1]]))
-  return program.partitioned(here, layouts, rule, batch)
+  return calls.partitioned(here, layouts, rule, batch)

@@ -12,7 +12,7 @@ from gradxform import _check, _tree
 from gradxform._base import (GradientTransformation, _as_transform, fused_packed, transform,
                              update_and_apply)
 from gradxform._equality import Fn
-from gradxform._fused.program import Packed
+from gradxform._fused.calls import Packed
 from gradxform._wrappers.masked import inner_extra
 
 
