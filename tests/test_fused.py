@@ -12,7 +12,9 @@ kernel in the program.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import subprocess
 import sys
 from typing import Any, NamedTuple
@@ -26,7 +28,7 @@ import pytest
 
 import gradxform as gx
 from gradxform import _quantize
-from gradxform._fused import build
+from gradxform._fused import build, calls
 
 from cpu_kernels import COMPILER, KERNELS_ON
 
@@ -587,6 +589,48 @@ def test_flatten_steps_every_leaf_in_place_without_packing_it(head):
   for t in range(3):
     p, s = step(p, s, grads_at(t, params))
   chex.assert_trees_all_close((p, s), reference(tx, params, 3), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("head, dtype", [(False, jnp.float32), (True, jnp.bfloat16)])
+def test_flatten_with_int8_state_steps_the_packed_blocks_in_place(monkeypatch, head, dtype):
+  """`flatten` with int8 state under `update_and_apply`: the packed state is one quantized
+  array whose blocks of 256 hold the ends of several leaves (7 entries, 1, none, leaves
+  ending mid-block). With calls of 2 pieces (the code's hold 64) pieces are split between
+  calls, each stepping its own blocks, and a call of 140,000 entries runs on two threads.
+  The packed pass runs, no parameter is concatenated, and codes, scales and parameters are
+  the eager chain's, bit for bit over 3 steps; float32, and bfloat16 parameters with a
+  clipping head (the update then one packed array). Without kernels: the jitted two calls,
+  whose parameters are within an ulp."""
+  monkeypatch.setattr(calls, "_LEAVES_PER_CALL", 2)
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)  # the eager codec: the plain kernel
+  rng = np.random.default_rng(12)
+  shapes = {"a": (300,), "b": (7,), "c": (64, 33), "d": (1,), "e": (1000, 5), "f": (256,),
+            "g": (0,), "h": (3, 3, 17), "big": (140_000,)}
+  params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
+  inner = gx.adamw(1e-2, weight_decay=0.1, state_dtype="int8")
+  tx = gx.flatten(gx.chain(gx.clip_by_global_norm(1.0), inner) if head else inner)
+  step = jax.jit(lambda p, s, g: gx.update_and_apply(tx, g, s, p))
+  text = step.lower(params, tx.init(params), params).compile().as_text()
+  total = sum(math.prod(x) for x in shapes.values())
+  if KERNELS_ON:  # nothing packed, but the gradients for the clipping head
+    assert "gx_elementwise_packed" in text
+    packing = re.compile(rf"= (f32|bf16)\[{total}\]\S* concatenate\(")
+    assert bool(packing.search(text)) == head
+  p, s = params, tx.init(params)
+  want_p, want_s = params, tx.init(params)
+  for t in range(3):
+    g = jax.tree.map(lambda x, t=t: jnp.sin((t + 2) * x.astype(jnp.float32)).astype(dtype),
+                     params)
+    p, s = step(p, s, g)
+    updates, want_s = tx.update(g, want_s, want_p)
+    want_p = gx.apply_updates(want_p, updates)
+  quantized = [x for x in jax.tree.leaves(s, is_leaf=_quantize.is_quantized)
+               if _quantize.is_quantized(x)]
+  assert [x.shape for x in quantized] == [(total,)] * 2  # m and v, packed
+  if KERNELS_ON:
+    chex.assert_trees_all_equal((p, s), (want_p, want_s))
+  else:
+    chex.assert_trees_all_close(p, want_p, rtol=1e-2 if head else 1e-6, atol=1e-7)
 
 
 def test_apply_if_finite_skips_bad_steps_inside_the_fused_step():

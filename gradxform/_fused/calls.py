@@ -193,35 +193,74 @@ def _kernel(name: str, k: int, r: int, written: list[int], operands: tuple[jax.A
 
 
 def _packed_kernel(name: str, scalars: jax.Array, p: Packed, g: Any,
-                   slots: list[jax.Array]) -> list[Any]:
+                   slots: list[Any]) -> list[Any]:
   """Program `name` over packed buffers (a `Packed` parameter, slots stored packed, the update
   `Packed` or one packed array), in `gx_elementwise_packed` calls of `_LEAVES_PER_CALL`
   pieces: each piece of the parameter is written in place, the update and each slot read
   (and written) at the piece's offset; a call's slots are the next one's.
 
+  A slot kept in int8 (one `QuantizedArray` over the packed space) is quantized in blocks of
+  the packed space, which may hold the ends of several pieces: each call then steps the
+  blocks from its first piece's first whole block on (`_block_ranges`), with every piece
+  that overlaps them; a piece split between two calls is stepped by both, each writing its
+  own blocks, the second on the first's result.
+
   No sharding rule: where the pieces are sharded under `jax.jit`, XLA gathers the operands
   (flatten's packed state is not laid out like the parameters to begin with)."""
-  offsets = np.concatenate([[0], np.cumsum(p.sizes())]).astype(np.int64)
+  sizes = p.sizes()
+  offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
   shared = not isinstance(g, Packed)
-  pieces = []
-  for lo in range(0, len(p.pieces), _LEAVES_PER_CALL):
-    at = range(lo, min(len(p.pieces), lo + _LEAVES_PER_CALL))
-    own = [p.pieces[j] for j in at] if shared else [
-        x for j in at for x in (g.pieces[j], p.pieces[j])]
-    packed = ([g] if shared else []) + list(slots)
-    results = [jax.ShapeDtypeStruct(p.pieces[j].shape, p.dtype) for j in at] + [
-        jax.ShapeDtypeStruct(s.shape, s.dtype) for s in slots]
-    n, per = len(at), 1 if shared else 2
-    first_slot = 1 + n * per + (1 if shared else 0)
+  quantized = [_quantize.is_quantized(x) for x in slots]
+  arrays = [a for x, q in zip(slots, quantized) for a in (x if q else [x])]
+  per_block, at = 0, 2  # the scales' bits among the program's buffers
+  for q in quantized:
+    per_block |= (1 << (at + 1)) if q else 0
+    at += 2 if q else 1
+  pieces = list(p.pieces)
+  if per_block:
+    calls = _block_ranges(offsets, _BLOCK)
+  else:
+    calls = [(list(range(lo, min(len(pieces), lo + _LEAVES_PER_CALL))), 0, int(offsets[-1]))
+             for lo in range(0, len(pieces), _LEAVES_PER_CALL)]
+  for at_, first, end in calls:
+    own = [pieces[j] for j in at_] if shared else [x for j in at_ for x in (g.pieces[j],
+                                                                            pieces[j])]
+    packed = ([g] if shared else []) + arrays
+    results = [jax.ShapeDtypeStruct(pieces[j].shape, p.dtype) for j in at_] + [
+        jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays]
+    n, per = len(at_), 1 if shared else 2
+    first_array = 1 + n * per + (1 if shared else 0)
     aliases = {**{1 + per * m + per - 1: m for m in range(n)},
-               **{first_slot + j: n + j for j in range(len(slots))}}
+               **{first_array + j: n + j for j in range(len(arrays))}}
     call = jax.ffi.ffi_call("gx_elementwise_packed", results, input_output_aliases=aliases,
                             vmap_method="sequential")
-    got = call(scalars, *own, *packed, program=name, k=np.int64(2 + len(slots)),
-               shared_update=np.int64(shared), offsets=offsets[lo:lo + n])
-    pieces += got[:n]
-    slots = got[n:]
-  return [Packed(pieces), *slots]
+    got = call(scalars, *own, *packed, program=name, k=np.int64(2 + len(arrays)),
+               shared_update=np.int64(shared), offsets=offsets[np.asarray(at_, np.int64)],
+               block=np.int64(_BLOCK if per_block else 1), per_block=np.int64(per_block),
+               first=np.int64(first), end=np.int64(end))
+    for j, new in zip(at_, got[:n]):
+      pieces[j] = new
+    arrays = got[n:]
+  it = iter(arrays)
+  return [Packed(pieces), *(_quantize.QuantizedArray(next(it), next(it)) if q else next(it)
+                            for q in quantized)]
+
+
+def _block_ranges(offsets: np.ndarray, block: int) -> list[tuple[list[int], int, int]]:
+  """The calls over pieces at `offsets` (their ends: `offsets[1:]`) with int8 slots: per
+  call, its pieces and the range [first, end) of the packed space it steps, whole blocks
+  (the last may end with the packed space). Calls of about `_LEAVES_PER_CALL` pieces, each
+  starting at the block its first piece starts in; empty pieces are in no call."""
+  total = int(offsets[-1])
+  starts = sorted({int(offsets[lo]) // block * block
+                   for lo in range(0, len(offsets) - 1, _LEAVES_PER_CALL)} | {0})
+  bounds = [x for x in starts if x < total] + [total]
+  calls = []
+  for first, end in zip(bounds[:-1], bounds[1:]):
+    lo = int(np.searchsorted(offsets[1:], first, side="right"))  # the first ending after
+    hi = int(np.searchsorted(offsets[:-1], end, side="left"))  # past the last starting before
+    calls.append(([j for j in range(lo, hi) if offsets[j] < offsets[j + 1]], first, end))
+  return calls
 
 
 def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.Array],

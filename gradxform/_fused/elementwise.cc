@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -177,34 +178,96 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
 // elements from its start. The update is per piece too, or (`shared_update`) one packed
 // buffer read at the same offsets. Operands: scalars f32[S], then per piece its own arrays
 // (the update unless shared, the parameter), then the packed buffers (the update if shared,
-// then the s slots). Results: per piece its new parameter, then the s slots, aliased by the
-// caller to those operands.
+// then the slots' arrays). Results: per piece its new parameter, then the slots' arrays,
+// aliased by the caller to those operands. `k` counts the program's buffers (2 + the slots'
+// arrays).
+//
+// A slot kept quantized (`per_block`, as in `gx_elementwise`) is its packed int8 codes and
+// its scales, one per block of `block` elements of the packed space, so a block may hold the
+// ends of several pieces. Then the call steps the blocks in [first, end) of the packed space
+// (its pieces are those that overlap it; a piece split by `first` or `end` is stepped by the
+// calls on either side, each writing its own part): a block inside one piece in place, any
+// other with the update's and the parameter's entries gathered from its pieces into buffers
+// of its own and the parameter's written back.
+struct Piece {
+  char* g;  // the piece's update (not shared), else null
+  char* p;  // its parameter
+  int64_t at, n;
+};
+
+void Blocks(Loop loop, const float* scalars, const std::vector<Piece>& pieces,
+            std::vector<void*> buffers, const std::vector<char*>& packed_base,
+            const std::vector<int64_t>& packed_index, const std::vector<int64_t>& packed_width,
+            const std::vector<bool>& packed_scales, int64_t gw, int64_t pw, int64_t block,
+            int64_t lo, int64_t hi, int64_t total) {
+  std::vector<char> g_tmp(block * gw), p_tmp(block * pw);
+  size_t j = 0;
+  while (j < pieces.size() && pieces[j].at + pieces[j].n <= lo) ++j;
+  for (int64_t a = lo, e; a < hi; a = e) {
+    e = std::min(a + block, total);
+    while (j < pieces.size() && pieces[j].at + pieces[j].n <= a) ++j;
+    for (size_t i = 0; i < packed_base.size(); ++i)
+      buffers[packed_index[i]] =
+          packed_base[i] + (packed_scales[i] ? a / block : a) * packed_width[i];
+    const bool inside = j < pieces.size() && pieces[j].at <= a && e <= pieces[j].at + pieces[j].n;
+    if (inside) {  // this block and the next ones inside the piece, in one run of the loop
+      const Piece& q = pieces[j];
+      const int64_t stop = std::min(hi, q.at + q.n);
+      e = stop == hi || stop == total ? stop : a + (stop - a) / block * block;
+      if (q.g) buffers[0] = q.g + (a - q.at) * gw;
+      buffers[1] = q.p + (a - q.at) * pw;
+      loop(scalars, buffers.data(), 0, e - a);
+      continue;
+    }
+    for (size_t m = j; m < pieces.size() && pieces[m].at < e; ++m) {  // gather
+      const Piece& q = pieces[m];
+      const int64_t x = std::max(a, q.at), y = std::min(e, q.at + q.n);
+      if (q.g) memcpy(g_tmp.data() + (x - a) * gw, q.g + (x - q.at) * gw, (y - x) * gw);
+      memcpy(p_tmp.data() + (x - a) * pw, q.p + (x - q.at) * pw, (y - x) * pw);
+    }
+    if (pieces[j].g) buffers[0] = g_tmp.data();
+    buffers[1] = p_tmp.data();
+    loop(scalars, buffers.data(), 0, e - a);
+    for (size_t m = j; m < pieces.size() && pieces[m].at < e; ++m) {  // scatter
+      const Piece& q = pieces[m];
+      const int64_t x = std::max(a, q.at), y = std::min(e, q.at + q.n);
+      memcpy(q.p + (x - q.at) * pw, p_tmp.data() + (x - a) * pw, (y - x) * pw);
+    }
+  }
+}
+
 ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
                        std::string_view program, int64_t k, int64_t shared_update,
-                       ffi::Span<const int64_t> offsets) {
+                       ffi::Span<const int64_t> offsets, int64_t block, int64_t per_block,
+                       int64_t first, int64_t end) {
   Loop loop = Find(program);
   if (loop == nullptr)
     return ffi::Error::Internal("gx_elementwise_packed: program " + std::string(program) +
                                 " is not loaded in this process");
   const int64_t n = static_cast<int64_t>(offsets.size());
-  const int64_t s = static_cast<int64_t>(rets.size()) - n;  // slots
+  const int64_t s = static_cast<int64_t>(rets.size()) - n;  // the slots' arrays
   const int64_t own = shared_update ? 1 : 2;                 // arrays of each piece
-  if (n < 1 || s < 0 || k != 2 + s ||
+  if (n < 1 || s < 0 || k != 2 + s || k > 62 || block < 1 ||
       static_cast<int64_t>(args.size()) != 1 + n * own + (2 - own) + s)
     return ffi::Error::InvalidArgument("gx_elementwise_packed: operands do not match");
   auto scalars = args.get<ffi::Buffer<ffi::F32>>(0);
   if (scalars.has_error())
     return ffi::Error::InvalidArgument("gx_elementwise_packed: operand 0 must be float32");
-  // The packed buffers, by the program's buffer index (0: the update, 2 + j: slot j).
+  // The packed buffers, by the program's buffer index (0: the update, 2 + j: slot array j).
   std::vector<int64_t> index;
   std::vector<char*> base;
   std::vector<int64_t> size, width;
+  std::vector<bool> scales;
+  int64_t total = -1;  // the packed space's size: the first slot array's that is not scales
   for (int64_t j = 0; j < (2 - own) + s; ++j) {
     const bool update = j < 2 - own;
+    const int64_t b = update ? 0 : 2 + j - (2 - own);
+    const bool is_scales = (per_block >> b) & 1, is_codes = (per_block >> (b + 1)) & 1;
     auto x = args.get<ffi::AnyBuffer>(1 + n * own + j);
-    if (x.has_error() || !Stored(x->element_type()))
+    const ffi::DataType t = x.has_error() ? ffi::DataType::INVALID : x->element_type();
+    if (is_codes ? t != ffi::DataType::S8 : (is_scales ? t != ffi::DataType::F32 : !Stored(t)))
       return ffi::Error::InvalidArgument("gx_elementwise_packed: buffers must be f32, bf16 "
-                                         "or f16");
+                                         "or f16 (a quantized slot: s8 codes, f32 scales)");
     void* data = x->untyped_data();  // read only (the update)
     if (!update) {
       auto y = rets.get<ffi::AnyBuffer>(n + j - (2 - own));
@@ -214,13 +277,19 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
                                            "result");
       data = (*y)->untyped_data();
     }
-    index.push_back(update ? 0 : 2 + j - (2 - own));
+    index.push_back(b);
     base.push_back(static_cast<char*>(data));
     size.push_back(static_cast<int64_t>(x->element_count()));
     width.push_back(static_cast<int64_t>(ffi::ByteWidth(x->element_type())));
+    scales.push_back(is_scales);
+    if (!is_scales && total < 0) total = size.back();
   }
+  for (size_t j = 0; j < index.size(); ++j)
+    if (scales[j] ? size[j] != (total + block - 1) / block : size[j] != total)
+      return ffi::Error::InvalidArgument("gx_elementwise_packed: packed buffers differ in "
+                                         "size");
   std::vector<Leaf> leaves(n);
-  int64_t total = 0;
+  std::vector<Piece> pieces(n);
   for (int64_t li = 0; li < n; ++li) {
     Leaf& l = leaves[li];
     l.buffers.resize(k);
@@ -229,15 +298,62 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
       ffi::Error e = Bind(args, rets, 1 + li * own + i, b == 1 ? li : -1, i == 0, b, l);
       if (e.failure()) return e;
     }
-    for (size_t j = 0; j < index.size(); ++j) {
-      if (offsets[li] < 0 || offsets[li] + l.n > size[j])
-        return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece lies outside a "
-                                           "packed buffer");
+    if (offsets[li] < 0 || (total >= 0 && offsets[li] + l.n > total))
+      return ffi::Error::InvalidArgument("gx_elementwise_packed: a piece lies outside a "
+                                         "packed buffer");
+    for (size_t j = 0; j < index.size(); ++j)
       l.buffers[index[j]] = base[j] + offsets[li] * width[j];
-    }
-    total += l.n;
+    pieces[li] = {own == 2 ? static_cast<char*>(l.buffers[0]) : nullptr,
+                  static_cast<char*>(l.buffers[1]), offsets[li], l.n};
   }
-  Run(loop, scalars->typed_data(), leaves, total);
+  if (per_block == 0) {
+    int64_t elements = 0;
+    for (const Leaf& l : leaves) elements += l.n;
+    Run(loop, scalars->typed_data(), leaves, elements);
+    return ffi::Error::Success();
+  }
+  // The pieces must tile [first, end) of the packed space, in order.
+  bool tiled = first >= 0 && first % block == 0 && first <= end && end <= total &&
+               pieces.front().at <= first && pieces.back().at + pieces.back().n >= end;
+  for (int64_t li = 1; li < n; ++li)
+    tiled = tiled && pieces[li].at == pieces[li - 1].at + pieces[li - 1].n;
+  if (!tiled)
+    return ffi::Error::InvalidArgument("gx_elementwise_packed: the pieces do not cover the "
+                                       "blocks to step");
+  auto args_width = [&](int64_t arg) {
+    auto x = args.get<ffi::AnyBuffer>(arg);
+    return static_cast<int64_t>(ffi::ByteWidth(x->element_type()));
+  };
+  const int64_t gw = own == 2 ? args_width(1) : width[0], pw = args_width(own);
+  std::vector<void*> buffers(k, nullptr);
+  // Whole blocks for each thread, at least 64k elements a thread.
+  static const int cores = Cores();
+  const int64_t blocks = (end - first + block - 1) / block;
+  const int64_t parts = std::min<int64_t>({cores, (end - first) >> 16, blocks});
+  const float* sc = scalars->typed_data();
+  if (parts <= 1) {
+    Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, first, end,
+           total);
+    return ffi::Error::Success();
+  }
+  const int64_t chunk = (blocks + parts - 1) / parts * block;
+  std::vector<std::thread> helpers;
+  for (int64_t t = 1; t < parts; ++t) {
+    const int64_t lo = first + t * chunk, hi = std::min(end, lo + chunk);
+    if (lo >= hi) continue;
+    try {
+      helpers.emplace_back([=, &pieces, &base, &index, &width, &scales] {
+        Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, lo, hi,
+               total);
+      });
+    } catch (const std::system_error&) {  // no thread to be had: this one does that part too
+      Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, lo, hi,
+             total);
+    }
+  }
+  Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, first,
+         std::min(end, first + chunk), total);
+  for (std::thread& h : helpers) h.join();
   return ffi::Error::Success();
 }
 
@@ -309,7 +425,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwisePacked, ApplyPacked,
                                   .Attr<std::string_view>("program")
                                   .Attr<int64_t>("k")
                                   .Attr<int64_t>("shared_update")
-                                  .Attr<ffi::Span<const int64_t>>("offsets"));
+                                  .Attr<ffi::Span<const int64_t>>("offsets")
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("per_block")
+                                  .Attr<int64_t>("first")
+                                  .Attr<int64_t>("end"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GxCodec, Codec,
                               ffi::Ffi::Bind()

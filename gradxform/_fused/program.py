@@ -729,17 +729,22 @@ def _stored(x: Any) -> bool:
 
 
 def _quantized_like(x: Any, p: Any) -> bool:
-  """Whether `x` is parameter `p`'s slot kept in int8, one the kernel can step: not packed,
-  and each array whole here (`local`), or under a `jax.jit` with automatic axes, where
+  """Whether `x` is parameter `p`'s slot kept in int8, one the kernel can step.
+
+  A leaf's: each array whole here (`local`), or under a `jax.jit` with automatic axes, where
   `calls._sharded`'s rule gives each device its rows in whole blocks (or the whole leaf), or
   on a mesh whose axes are all explicit, where `calls._explicit_rows` does the same by
-  `shard_map`. A
-  mesh of mixed axis types leaves it to the two calls."""
-  return (_quantize.is_quantized(x) and not isinstance(p, Packed) and x.shape == p.shape
-          and x.codes.dtype == jnp.int8 and x.scales.dtype == jnp.float32
-          and x.scales.shape == (_quantize.num_blocks(x.size),)
-          and all(local(a) or automatic(a) or all_explicit(a)
-                  for a in (p, x.codes, x.scales)))
+  `shard_map`; a mesh of mixed axis types leaves it to the two calls. A `flatten`'s packed
+  parameter's: one quantized array over the packed space, on no explicit mesh (as its
+  update and pieces, `_packs_alike`)."""
+  if not (_quantize.is_quantized(x) and x.codes.dtype == jnp.int8
+          and x.scales.dtype == jnp.float32
+          and x.scales.shape == (_quantize.num_blocks(x.size),)):
+    return False
+  if isinstance(p, Packed):
+    return x.shape == (p.size,) and not any(map(explicit, (x.codes, x.scales, *p.pieces)))
+  return x.shape == p.shape and all(local(a) or automatic(a) or all_explicit(a)
+                                    for a in (p, x.codes, x.scales))
 
 
 def _packs_alike(p: Any, g: Any) -> bool:

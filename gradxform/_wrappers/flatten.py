@@ -124,7 +124,9 @@ def flatten(inner: GradientTransformation, *,
   SGD, Lion, ... and their masks, after clipping or not), those parts and the parameter step
   are one fused pass that packs no parameter: it reads and writes each parameter leaf where
   it is and the packed state at that leaf's offset, so the state keeps flatten's few arrays
-  without concatenating or splitting any parameter (see `update_and_apply`). Parts before
+  without concatenating or splitting any parameter (see `update_and_apply`); int8 state
+  (`state_dtype="int8"`) is one quantized array over each packed buffer, stepped in the same
+  pass a block of 256 at a time (a block may hold the ends of several leaves). Parts before
   them (a global-norm clip) see the packed gradients as usual. Other inner transforms run on
   the packed tree, and the new parameters are unpacked. Measured on 2 CPU cores (Adam and
   AdamW; benchmarks/RESULTS.md, session 12): 0.31–0.39× Optax's step on 2,000 leaves of
