@@ -793,16 +793,23 @@ def test_vmap_over_a_batch_of_problems(packed):
     chex.assert_trees_all_close(pick(got_s, i), s, rtol=1e-6, atol=1e-9)
 
 
-def test_vmap_over_problems_with_int8_state(monkeypatch):
+@pytest.mark.parametrize("packed", [False, True])
+def test_vmap_over_problems_with_int8_state(monkeypatch, packed):
   """Each problem's quantized moments are its own blocks: the batch is stepped one problem
-  after another, each equal to its eager step (one device, as above)."""
+  after another, each equal to its eager step (one device, as above); so too over flatten's
+  packed state, whose block 16 holds the ends of both leaves."""
   monkeypatch.setattr(jax, "device_count", lambda *a: 1)
   tx = gx.adam(1e-2, state_dtype="int8")
-  batch = {"w": jnp.asarray(np.random.default_rng(6).normal(size=(2, 4_200)), jnp.float32)}
+  tx = gx.flatten(tx) if packed else tx
+  rng = np.random.default_rng(6)
+  batch = {"w": jnp.asarray(rng.normal(size=(2, 4_200)), jnp.float32)}
+  if packed:
+    batch["x"] = jnp.asarray(rng.normal(size=(2, 77)), jnp.float32)
   grads = jax.tree.map(jnp.cos, batch)
   state = jax.vmap(tx.init)(batch)
   step = jax.jit(jax.vmap(lambda p, s, g: gx.update_and_apply(tx, g, s, p)))
-  assert (TARGET in step.lower(batch, state, grads).as_text()) == KERNELS_ON
+  target = "gx_elementwise_packed" if packed else TARGET
+  assert (target in step.lower(batch, state, grads).as_text()) == KERNELS_ON
   got = step(batch, state, grads)
   if not KERNELS_ON:  # no compiler here: exactly the two calls
     chex.assert_trees_all_equal(got, jax.jit(jax.vmap(two_calls(tx)))(batch, state, grads))
