@@ -1,15 +1,14 @@
 """int8 state's codec as CPU kernels: one leaf's `quantize` and `dequantize`.
 
 `gradxform._quantize` runs them wherever a kernel can (the CPU backend, the kernels built,
-and the array whole in this trace, or under a `jax.jit`: `usable`), so the
-two calls (`update`, then `apply_updates`) and `init` get them too, not only
-`update_and_apply`'s fused pass. Under a sharded `jax.jit`, a sharding rule gives each device
-its own rows where they are whole blocks, and all of the array otherwise (`_partitioned`); the
-fused pass uses the same rule (`block_factors`, `rows`, `calls.partitioned`). On a mesh with
-explicit axes, where the layout is in the array's type, a `shard_map` of the kernel does the
-same. XLA:CPU's own form of
-`quantize` is bound by its table lookups, a scalar gather per entry: the two-call int8 step
-took 8-14x Optax's float32 step on the large benchmark trees (RESULTS, session 13).
+and the array whole in this trace, or under a `jax.jit`: `usable`), so the two calls
+(`update`, then `apply_updates`) and `init` get them too, not only `update_and_apply`'s
+fused pass. Under a sharded `jax.jit`, a sharding rule gives each device its own rows where
+they are whole blocks, and all of the array otherwise (`_partitioned`); the fused pass uses
+the same rule (`block_factors`, `rows`, `calls.partitioned`). On a mesh with explicit axes,
+where the layout is in the array's type, a `shard_map` of the kernel does the same. XLA:CPU's
+own form of `quantize` is bound by its table lookups, a scalar gather per entry: the two-call
+int8 step took 8-14x Optax's float32 step on the large benchmark trees (RESULTS, session 13).
 
 Each loop calls `program._INT8`'s `gx_quantize` / `gx_dequantize` on whole blocks, the
 helpers the fused pass uses, which perform `_quantize`'s operations in its order: codes and
@@ -95,7 +94,7 @@ def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   x = x.astype(jnp.float32)
   if calls.local(x):
     return _quantize_here(x)
-  if (layouts := _explicit_layouts(x)) is not None:  # each device's rows, by `shard_map`
+  if (layouts := _explicit_layouts(x)) is not None:  # by `shard_map`
     array, blocks = layouts
     return jax.shard_map(_quantize_here, mesh=array.mesh, in_specs=array.spec,
                          out_specs=(array.spec, blocks.spec))(jax.sharding.reshard(x, array))

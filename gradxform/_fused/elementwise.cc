@@ -195,20 +195,32 @@ struct Piece {
   int64_t at, n;
 };
 
-void Blocks(Loop loop, const float* scalars, const std::vector<Piece>& pieces,
-            std::vector<void*> buffers, const std::vector<char*>& packed_base,
-            const std::vector<int64_t>& packed_index, const std::vector<int64_t>& packed_width,
-            const std::vector<bool>& packed_scales, int64_t gw, int64_t pw, int64_t block,
-            int64_t lo, int64_t hi, int64_t total) {
+// What a call's blocks are stepped over: its pieces in order, the packed buffers (each one's
+// data, the program's buffer index, bytes an element, and whether it holds block scales),
+// and the program's buffer count, the update's and parameter's bytes an element, the block
+// and the packed space's size.
+struct Packing {
+  std::vector<Piece> pieces;
+  std::vector<char*> base;
+  std::vector<int64_t> index, width;
+  std::vector<bool> scales;
+  int64_t k, gw, pw, block, total;
+};
+
+// The blocks starting in [lo, hi) of the packed space.
+void Blocks(Loop loop, const float* scalars, const Packing& packing, int64_t lo, int64_t hi) {
+  const std::vector<Piece>& pieces = packing.pieces;
+  const int64_t block = packing.block, total = packing.total, gw = packing.gw, pw = packing.pw;
+  std::vector<void*> buffers(packing.k, nullptr);
   std::vector<char> g_tmp(block * gw), p_tmp(block * pw);
   size_t j = 0;
   while (j < pieces.size() && pieces[j].at + pieces[j].n <= lo) ++j;
   for (int64_t a = lo, e; a < hi; a = e) {
     e = std::min(a + block, total);
     while (j < pieces.size() && pieces[j].at + pieces[j].n <= a) ++j;
-    for (size_t i = 0; i < packed_base.size(); ++i)
-      buffers[packed_index[i]] =
-          packed_base[i] + (packed_scales[i] ? a / block : a) * packed_width[i];
+    for (size_t i = 0; i < packing.base.size(); ++i)
+      buffers[packing.index[i]] =
+          packing.base[i] + (packing.scales[i] ? a / block : a) * packing.width[i];
     const bool inside = j < pieces.size() && pieces[j].at <= a && e <= pieces[j].at + pieces[j].n;
     if (inside) {  // this block and the next ones inside the piece, in one run of the loop
       const Piece& q = pieces[j];
@@ -325,15 +337,15 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
     return static_cast<int64_t>(ffi::ByteWidth(x->element_type()));
   };
   const int64_t gw = own == 2 ? args_width(1) : width[0], pw = args_width(own);
-  std::vector<void*> buffers(k, nullptr);
+  const Packing packing{std::move(pieces), std::move(base), std::move(index), std::move(width),
+                   std::move(scales), k, gw, pw, block, total};
   // Whole blocks for each thread, at least 64k elements a thread.
   static const int cores = Cores();
   const int64_t blocks = (end - first + block - 1) / block;
   const int64_t parts = std::min<int64_t>({cores, (end - first) >> 16, blocks});
   const float* sc = scalars->typed_data();
   if (parts <= 1) {
-    Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, first, end,
-           total);
+    Blocks(loop, sc, packing, first, end);
     return ffi::Error::Success();
   }
   const int64_t chunk = (blocks + parts - 1) / parts * block;
@@ -342,17 +354,12 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
     const int64_t lo = first + t * chunk, hi = std::min(end, lo + chunk);
     if (lo >= hi) continue;
     try {
-      helpers.emplace_back([=, &pieces, &base, &index, &width, &scales] {
-        Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, lo, hi,
-               total);
-      });
+      helpers.emplace_back([=, &packing] { Blocks(loop, sc, packing, lo, hi); });
     } catch (const std::system_error&) {  // no thread to be had: this one does that part too
-      Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, lo, hi,
-             total);
+      Blocks(loop, sc, packing, lo, hi);
     }
   }
-  Blocks(loop, sc, pieces, buffers, base, index, width, scales, gw, pw, block, first,
-         std::min(end, first + chunk), total);
+  Blocks(loop, sc, packing, first, std::min(end, first + chunk));
   for (std::thread& h : helpers) h.join();
   return ffi::Error::Success();
 }
