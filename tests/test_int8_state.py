@@ -334,8 +334,8 @@ def test_on_a_mesh_with_explicit_axes_each_device_quantizes_its_own_rows(monkeyp
   assert spec(got[1][0].trace["w"].codes) == spec(m["w"].codes)
   with jax.set_mesh(mesh):  # a batch of a signed and an unsigned problem, rows split
     batch = jax.device_put(np.stack([x, np.abs(x)]), NamedSharding(mesh, P(None, "d", "m")))
-    q = _jit(jax.vmap(_quantize.quantize))(batch)
-    values = _jit(jax.vmap(_quantize.dequantize))(q)
+    q, values = _jit(jax.vmap(lambda x: (q := _quantize.quantize(x), _quantize.dequantize(q))))(
+        batch)
   assert spec(q.codes) == ((None, "d", None) if KERNELS_ON else (None, None, None))
   monkeypatch.setattr(jax, "device_count", lambda *a: 1)  # unsplit: the plain kernel
   chex.assert_trees_all_equal(jax.device_get(got), run({"w": jnp.asarray(x)}))
