@@ -151,6 +151,7 @@ def _explicit_rows(name: str, k: int, r: int, written: list[int], scalars: jax.A
   got[::r] = [_reshard(x, t) for x, t in zip(got[::r], targets)]
   return got
 
+
 def _explicit_shardings(per_leaf: list[list[jax.Array]]) -> list[Any]:
   """Per leaf, the sharding of its step where its arrays live on a mesh with explicit axes,
   else None.
