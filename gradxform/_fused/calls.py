@@ -103,10 +103,7 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
   # 1 + j; the bits of `per_block` mark the block scales among the inputs.
   written = [1] + [k - r + 1 + j for j in range(r - 1)]
   widths = [2 if _quantize.is_quantized(s[0]) else 1 for s in slots]
-  per_block, at = 0, k - r + 1  # the first slot's first array
-  for width in widths:
-    per_block |= (1 << (at + 1)) if width == 2 else 0  # a quantized slot's scales
-    at += width
+  per_block = _scales_bits([w == 2 for w in widths], k - r + 1)
   if per_block:
     operands = [scalars, *(x for leaf in per_leaf for x in leaf)]
     if all(map(local, operands[1:])):
@@ -127,6 +124,20 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
           for j in range(r)]
 
 
+def _scales_bits(quantized: list[bool], first: int) -> int:
+  """`per_block` (see `elementwise.cc`) for slots whose arrays start at buffer `first`, each
+  one array, or, `quantized`, its codes and then its scales: the bits of the scales."""
+  bits = 0
+  for q in quantized:
+    bits |= (1 << (first + 1)) if q else 0
+    first += 2 if q else 1
+  return bits
+
+
+def _per_array(per_block: int, k: int, array: Any, blocks: Any) -> list[Any]:
+  """Per buffer of a leaf's k: `blocks` for the block scales (`per_block`), else `array`."""
+  return [blocks if (per_block >> i) & 1 else array for i in range(k)]
+
 def _explicit_rows(name: str, k: int, r: int, written: list[int], scalars: jax.Array,
                    per_leaf: list[list[jax.Array]], per_block: int) -> list[jax.Array]:
   """The program over leaves with int8 slots on a mesh with explicit axes: a `shard_map`
@@ -138,7 +149,7 @@ def _explicit_rows(name: str, k: int, r: int, written: list[int], scalars: jax.A
   values = [[x for i, x in enumerate(leaf) if not (per_block >> i) & 1] for leaf in per_leaf]
   targets = [NamedSharding(mesh, PartitionSpec()) if t is None else t
              for t in _explicit_shardings(values)]
-  layouts = [[blocks if (per_block >> i) & 1 else array for i in range(k)]
+  layouts = [_per_array(per_block, k, array, blocks)
              for array, blocks in (codec.rows(mesh, t, leaf[1].shape)
                                    for t, leaf in zip(targets, per_leaf))]
   run = jax.shard_map(
@@ -215,33 +226,30 @@ def _packed_kernel(name: str, scalars: jax.Array, p: Packed, g: Any,
   shared = not isinstance(g, Packed)
   quantized = [_quantize.is_quantized(x) for x in slots]
   arrays = [a for x, q in zip(slots, quantized) for a in (x if q else [x])]
-  per_block, at = 0, 2  # the scales' bits among the program's buffers
-  for q in quantized:
-    per_block |= (1 << (at + 1)) if q else 0
-    at += 2 if q else 1
+  per_block = _scales_bits(quantized, 2)  # the slots' arrays follow the update, the parameter
   pieces = list(p.pieces)
   if per_block:
     calls = _block_ranges(offsets, _BLOCK)
   else:
     calls = [(list(range(lo, min(len(pieces), lo + _LEAVES_PER_CALL))), 0, int(offsets[-1]))
              for lo in range(0, len(pieces), _LEAVES_PER_CALL)]
-  for at_, first, end in calls:
-    own = [pieces[j] for j in at_] if shared else [x for j in at_ for x in (g.pieces[j],
-                                                                            pieces[j])]
+  for chosen, first, end in calls:
+    own = [pieces[j] for j in chosen] if shared else [
+        x for j in chosen for x in (g.pieces[j], pieces[j])]
     packed = ([g] if shared else []) + arrays
-    results = [jax.ShapeDtypeStruct(pieces[j].shape, p.dtype) for j in at_] + [
+    results = [jax.ShapeDtypeStruct(pieces[j].shape, p.dtype) for j in chosen] + [
         jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays]
-    n, per = len(at_), 1 if shared else 2
+    n, per = len(chosen), 1 if shared else 2
     first_array = 1 + n * per + (1 if shared else 0)
     aliases = {**{1 + per * m + per - 1: m for m in range(n)},
                **{first_array + j: n + j for j in range(len(arrays))}}
     call = jax.ffi.ffi_call("gx_elementwise_packed", results, input_output_aliases=aliases,
                             vmap_method="sequential")
     got = call(scalars, *own, *packed, program=name, k=np.int64(2 + len(arrays)),
-               shared_update=np.int64(shared), offsets=offsets[np.asarray(at_, np.int64)],
+               shared_update=np.int64(shared), offsets=offsets[np.asarray(chosen, np.int64)],
                block=np.int64(_BLOCK if per_block else 1), per_block=np.int64(per_block),
                first=np.int64(first), end=np.int64(end))
-    for j, new in zip(at_, got[:n]):
+    for j, new in zip(chosen, got[:n]):
       pieces[j] = new
     arrays = got[n:]
   it = iter(arrays)
@@ -302,7 +310,7 @@ def _sharded(name: str, k: int, r: int, written: list[int], operands: list[jax.A
       s = arg_shapes[1 + k * m + 1].sharding  # the parameter's
       if per_block:  # its rows in whole blocks, or the whole leaf
         array, blocks = codec.rows(mesh, s, shape)
-        out.append([blocks if (per_block >> i) & 1 else array for i in range(k)])
+        out.append(_per_array(per_block, k, array, blocks))
       else:
         out.append([s] * k)
     return out

@@ -337,8 +337,8 @@ ffi::Error ApplyPacked(ffi::RemainingArgs args, ffi::RemainingRets rets,
     return static_cast<int64_t>(ffi::ByteWidth(x->element_type()));
   };
   const int64_t gw = own == 2 ? args_width(1) : width[0], pw = args_width(own);
-  const Packing packing{std::move(pieces), std::move(base), std::move(index), std::move(width),
-                   std::move(scales), k, gw, pw, block, total};
+  const Packing packing{std::move(pieces), std::move(base), std::move(index),
+                        std::move(width), std::move(scales), k, gw, pw, block, total};
   // Whole blocks for each thread, at least 64k elements a thread.
   static const int cores = Cores();
   const int64_t blocks = (end - first + block - 1) / block;
