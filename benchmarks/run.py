@@ -539,6 +539,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   args = parse_args(argv)
+  if args.explicit and not args.shard:
+    raise SystemExit("--explicit makes --shard's mesh explicit: give --shard N as well")
   trees = QUICK_TREES if args.quick else TREES
   if args.trees:
     names = args.trees.split(",")

@@ -137,6 +137,11 @@ def test_torch_step_failure_stops_with_its_message(bench, tmp_path):
     bench.bench_torch(str(fake), "adam", "t", [("w", (4,))], reps=1, warmup=0, seed=0)
 
 
+def test_explicit_without_shard_stops_with_a_message(bench):
+  with pytest.raises(SystemExit, match="--explicit .* --shard N"):
+    bench.main(["--quick", "--explicit"])
+
+
 @pytest.mark.parametrize("explicit", [False, True])
 def test_shard_splits_leaves_and_the_libraries_still_agree(bench, tmp_path, explicit):
   """`--shard 8` on the suite's 8 fake devices: a leaf whose leading axis 8 divides is split
