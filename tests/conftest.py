@@ -1,7 +1,10 @@
 """Test configuration: 8 fake CPU devices (for pmap / sharding tests), set before jax loads.
 
 `GRADXFORM_TEST_ACCELERATOR=1` runs the tests on JAX's default backend (a GPU or TPU) instead;
-only the single-device files make sense there (BUILD_NOTES, "Checked on a GPU").
+only the single-device files make sense there (BUILD_NOTES, "Checked on a GPU"), and tests that
+need more devices than it has (`@pytest.mark.devices(n)`, chex's pmap variants: 2) or CPU code
+(`@pytest.mark.cpu_only`: the CPU kernels' HLO, LAPACK) are deselected there, counted in the
+summary. The suite itself (`.ci/run`) never deselects or skips.
 """
 
 import os
@@ -52,3 +55,24 @@ def pytest_make_collect_report(collector):
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
     report.outcome = "failed"
     report.longrepr = f"this suite allows no skips; {collector.nodeid} skipped: {reason}"
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "devices(n): needs n devices (the suite fakes 8 on CPU)")
+  config.addinivalue_line("markers", "cpu_only: checks CPU code (kernels' or LAPACK's HLO)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """On an accelerator (only there), deselects the tests it cannot run."""
+  if not ON_ACCELERATOR:
+    return
+  have, cpu = jax.device_count(), jax.default_backend() == "cpu"
+  keep, drop = [], []
+  for item in items:
+    marker = item.get_closest_marker("devices")
+    need = marker.args[0] if marker else (2 if "with_pmap" in item.name else 1)
+    runs = need <= have and (cpu or item.get_closest_marker("cpu_only") is None)
+    (keep if runs else drop).append(item)
+  if drop:
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep

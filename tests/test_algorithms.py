@@ -327,6 +327,7 @@ class VariantsTest(chex.TestCase):
     assert_close(got, reference_run(make_ref(), params, grads))
 
 
+@pytest.mark.devices(2)
 def test_noisy_sgd_variants_agree():
   """noisy_sgd draws its noise from the step, so jit, eager and pmap draw the same."""
   tx = gx.noisy_sgd(0.1, eta=0.5)

@@ -299,6 +299,7 @@ def test_a_nan_makes_its_block_nan_whole(size, codec):
                                   np.delete(np.asarray(want.codes), np.s_[256:512]))
 
 
+@pytest.mark.devices(8)
 def test_on_a_mesh_with_explicit_axes_each_device_quantizes_its_own_rows(monkeypatch):
   """On a mesh with explicit axes the leaf's layout is in its type: where its leading axis is
   split into whole blocks, each device quantizes its own rows (a `shard_map` of the kernel;
@@ -373,6 +374,7 @@ def _inputs():
   return out + [ties.reshape(-1), np.abs(ties).reshape(-1)]
 
 
+@pytest.mark.devices(3)  # its pmap maps three rows
 def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):
   """`quantize` / `dequantize` by the CPU kernel (`gradxform._fused.codec`) against the same
   in XLA's operations (the form other backends run, itself checked against NumPy above):
@@ -410,6 +412,7 @@ def test_the_cpu_kernel_equals_xlas_operations_bit_for_bit(monkeypatch):
       jax.grad(loss)(q.scales[0], lambda q: _quantize._dequantize_xla(*q)))
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("shape, spec, own", [
     ((1024, 64), ("d",), True), ((4096, 3), ("d",), True), ((12288,), (("d", "m"),), True),
     ((8, 512), ("d", "m"), False), ((300, 301), ("d",), False),
@@ -450,6 +453,7 @@ def test_under_a_sharded_jit_each_device_quantizes_its_own_blocks(shape, spec, o
   assert hlo.count("all-gather(") <= xla_hlo.count("all-gather(")
 
 
+@pytest.mark.devices(8)
 def test_adams_two_calls_on_split_leaves_step_as_on_whole_ones(monkeypatch):
   """Adam's two calls on leaves split over 8 devices, the kernel quantizing each device's
   blocks: 3 jitted steps equal the same steps on the leaves unsplit, bit for bit; the state is

@@ -28,7 +28,9 @@ from flax import serialization
 import gradxform as gx
 import gradxform.testing as gxt
 
-RTOL = 1e-7
+# Float64 against Optax, every step. A GPU's summation order moved the 20-D Rosenbrock by
+# 1.8e-7 relative at step 52 (RESULTS, session 17); a wrong formula moves it by O(1).
+RTOL = 1e-6
 
 # --- the problems --------------------------------------------------------------------------
 
@@ -394,7 +396,9 @@ def test_apply_if_finite_skips_a_bad_step_exactly():
   assert int(s.total_notfinite) == 1
   expected = path_clean[:2] + [path_clean[1]] + path_clean[2:]
   for a, b in zip(path, expected):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), a, b)
+    # float32: the wrapped and the clean step are compiled apart; on a GPU their summation
+    # orders differ by 1.5e-8 on an entry of 1e-3 (RESULTS, session 17).
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
 
 
 def test_checkpoint_round_trip_and_exact_resume():

@@ -327,6 +327,7 @@ def _lapack_batches(hlo):
       r"= \(?[fc](?:32|64|128)\[(\d+),[^\n]*custom_call_target=\"lapack_", hlo)]
 
 
+@pytest.mark.cpu_only
 def test_one_eigh_per_matrix_size_one_matrix_per_lapack_call():
   # Shampoo: (6, 5) × 2, (5, 6) and (12, 10) in blocks of 6 × 5 (those join the (6, 5)
   # group): eleven statistics of two sizes, two eigh calls. On CPU each decomposes one matrix
