@@ -25,18 +25,28 @@ alone.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import statistics
-import sys
 import time
 from typing import Any
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run  # noqa: E402  (benchmarks/run.py: trees, optimizers, the triad)
+
+def _load_run() -> Any:
+  """benchmarks/run.py (its trees, optimizers, steps and triad), loaded from beside this file
+  under a name of its own."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
+  spec = importlib.util.spec_from_file_location("gx_benchmark_run", path)
+  module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+  spec.loader.exec_module(module)  # type: ignore[union-attr]
+  return module
+
+
+run = _load_run()
 
 
 def _one(lib: str, tx: Any, grads_inside: bool) -> Any:

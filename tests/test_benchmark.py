@@ -161,3 +161,26 @@ def test_shard_splits_leaves_and_the_libraries_still_agree(bench, tmp_path, expl
   assert [r["explicit"] for r in rows] == [explicit] * 3
   (check,) = [r for r in map(json.loads, jsonl.read_text().splitlines()) if r["kind"] == "check"]
   assert check["max_rel_param_diff"] < 1e-5, check
+
+
+def test_step_overhead_quick_rows():
+  """benchmarks/step_overhead.py on a tiny tree: a row per library with the back-to-back
+  calls, the in-loop step and the host's share (their difference); `--calls-only` leaves the
+  loop out, `--grads-inside` is recorded."""
+  import math
+  spec = importlib.util.spec_from_file_location("gx_step_overhead",
+                                                ROOT / "benchmarks" / "step_overhead.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  common = ["--trees", "quick_mixed", "--reps", "2", "--triad-size", "4096"]
+  rows = module.main(common + ["--libs", "gx,optax"])
+  n = 64 * 32 + 32 + 3 * 3 * 4 * 8 + 1000
+  assert [r["lib"] for r in rows] == ["gx", "optax"]
+  for r in rows:
+    assert r["params"] == n and r["leaves"] == 4 and r["bytes_per_step"] == 7 * 4 * n
+    assert r["calls_s"] > 0 and r["loop_s"] > 0 and r["one_leaf_s"] > 0
+    assert r["host_s"] == pytest.approx(r["calls_s"] - r["loop_s"])
+    assert not r["grads_inside"]
+  (row,) = module.main(common + ["--libs", "gx_flatten", "--calls-only", "--grads-inside"])
+  assert row["grads_inside"] and row["calls_s"] > 0
+  assert math.isnan(row["loop_s"]) and math.isnan(row["one_leaf_s"])
