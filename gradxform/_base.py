@@ -595,8 +595,31 @@ class _Chain:
   def update(self, updates: Updates, state: Any, params: Params | None,
              extra: dict[str, Any]) -> tuple[Updates, Any]:
     states, extra, grad, count = self._start(updates, state, params, extra)
+    start = self._quantized_tail(states, params)
+    if start is not None:
+      updates, grad = self._run(range(start), updates, states, params, extra, grad, count)
+      fused = _fused_update(self, start, updates, states[start:], params, extra, grad, count)
+      if fused is not None:
+        updates, states[start:] = fused
+        return updates, _nest(self.layout, states)
+      updates, _ = self._run(range(start, len(self.parts)), updates, states, params, extra,
+                             grad, count)
+      return updates, _nest(self.layout, states)
     updates, _ = self._run(range(len(self.parts)), updates, states, params, extra, grad, count)
     return updates, _nest(self.layout, states)
+
+  def _quantized_tail(self, states: list[Any], params: Params | None) -> int | None:
+    """Where `update` runs the elementwise tail as one pass: where it keeps int8 state
+    (`state_dtype="int8"`), the parameters are given, and `update` is traced (`jax.jit`,
+    `vmap`, ...). Called eagerly, the parts run one operation at a time, as they always
+    did: the reference the pass equals bit for bit. Float state stays XLA's: under
+    `jax.jit` XLA fuses that tail into `apply_updates` itself."""
+    from gradxform import _quantize
+    if self.tail is None or params is None:
+      return None
+    held = jax.tree.leaves(states[self.tail:], is_leaf=_quantize.is_quantized)
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
+    return self.tail if traced and any(map(_quantize.is_quantized, held)) else None
 
   def update_and_apply(self, grads: Updates, state: Any, params: Params) -> tuple[Params, Any]:
     """`update`, then `apply_updates`; the elementwise tail (if any) runs as one kernel."""
@@ -629,6 +652,33 @@ class _Chain:
     updates, _ = self._run(range(start, n), updates, states, params, extra, grad, count)
     return apply_updates(params, updates), _nest(self.layout, states)
 
+
+
+def _fused_update(chain: _Chain, start: int, updates: Updates, states: list[Any], params: Params,
+                  extra: dict[str, Any], grad: Any, count: Any) -> tuple[Updates, list[Any]] | None:
+  """The updates and new states of `chain`'s parts from `start` on by one fused pass
+  (`gradxform._fused.program.apply` with `write="updates"`), or None where it cannot run.
+
+  With int8 state the two calls otherwise pass each moment through float32 copies. The pass
+  is bit-equal to the parts run eagerly; derivatives are those of the parts in XLA's
+  operations (a custom JVP), as for int8's codec kernels.
+  """
+  from gradxform._fused import program  # local: the fused kernels build on this module
+
+  def kernel(u, s, p, g, c):
+    return program.apply(chain, start, u, list(s), p, extra, g, c, write="updates")
+
+  def parts(u, s, p, g, c):
+    s = [None] * start + list(s)
+    u, _ = chain._run(range(start, len(chain.parts)), u, s, p, extra, g, c)
+    return u, s[start:]
+
+  args = (updates, tuple(states), params, grad, count)
+  if not program.ready() or jax.eval_shape(kernel, *args) is None:
+    return None
+  fused = jax.custom_jvp(kernel)
+  fused.defjvp(lambda primals, tangents: jax.jvp(parts, primals, tangents))
+  return fused(*args)
 
 @transform
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

@@ -12,6 +12,7 @@ kernel in the program.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -29,6 +30,7 @@ import pytest
 import gradxform as gx
 from gradxform import _quantize
 from gradxform._fused import build, calls
+from gradxform._fused import program as program_module
 
 from cpu_kernels import COMPILER, KERNELS_ON
 
@@ -552,6 +554,78 @@ def test_int8_state_is_stepped_in_the_kernel_bit_for_bit(name, monkeypatch):
   chex.assert_trees_all_equal(got_s, want_s)
   chex.assert_trees_all_equal(got_p, want_p)
   assert np.isnan(np.asarray(got_p["w"])).sum() == 256  # the NaN's block, whole
+
+
+
+def _int8_leaves() -> dict:
+  """Leaves for the int8 tests: ragged last blocks, a leaf split over two threads, a bfloat16
+  one, and leaves too small to be quantized."""
+  rng = np.random.default_rng(5)
+  return {"w": jnp.asarray(rng.normal(size=(67, 80)), jnp.float32),
+          "big": jnp.asarray(rng.normal(size=(140_001,)), jnp.float32),
+          "h": jnp.asarray(rng.normal(size=(4_500,)), jnp.bfloat16),
+          "b": jnp.asarray(rng.normal(size=(29,)), jnp.float32), "s": jnp.float32(0.5)}
+
+
+@pytest.mark.parametrize("name", sorted(INT8))
+def test_jitted_int8_update_is_one_pass_bit_for_bit(name, monkeypatch):
+  """Under `jax.jit`, `update` with int8 state runs its elementwise tail as one pass as well,
+  written over the incoming updates (the parameters only read): updates, codes and scales
+  equal the eager chain's (called eagerly, `update` runs its parts one operation at a time),
+  bit for bit over 4 steps, a NaN gradient's block included. Without kernels the jitted update
+  is XLA's operations, within an ulp of the eager chain."""
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  params = _int8_leaves()
+  tx = INT8[name]()
+  step = jax.jit(tx.update)
+  text = step.lower(params, tx.init(params), params).as_text()
+  assert (TARGET in text) == KERNELS_ON and "gx_codec" not in text
+  got_s = want_s = tx.init(params)
+  for t in range(4):
+    g = grads_at(t, params)
+    if t == 2:
+      g["w"] = g["w"].at[3, 7].set(jnp.nan)
+    got_u, got_s = step(g, got_s, params)
+    want_u, want_s = tx.update(g, want_s, params)
+    if KERNELS_ON:
+      chex.assert_trees_all_equal((got_u, got_s), (want_u, want_s))
+    elif t == 0:
+      chex.assert_trees_all_close(got_u, want_u, rtol=1e-6, atol=1e-9)
+  if KERNELS_ON:
+    assert np.isnan(np.asarray(got_u["w"])).sum() == 256  # the NaN's block, whole
+
+
+def test_jitted_int8_update_differentiates_and_vmaps_as_xlas_operations(monkeypatch):
+  """The fused `update` has XLA's derivatives (a custom JVP on the parts' operations): the
+  gradient of a loss through a step equals the one taken with the pass switched off (a JVP
+  computes its primal by the parts' operations too). Under
+  `vmap`, each problem's updates and state are its eager chain's, bit for bit."""
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  params = {"w": jnp.asarray(np.random.default_rng(9).normal(size=(40, 130)), jnp.float32)}
+  tx = gx.adamw(1e-2, weight_decay=0.1, state_dtype="int8")
+  state = tx.update(grads_at(0, params), tx.init(params), params)[1]  # moments not zero
+
+  def loss(p):
+    u, _ = tx.update(grads_at(1, p), state, p)
+    return jnp.sum(gx.apply_updates(p, u)["w"] ** 2)
+
+  assert (TARGET in jax.jit(loss).lower(params).as_text()) == KERNELS_ON  # the step: fused
+  got = jax.jit(jax.grad(loss))(params)  # its derivative: the JVP of the parts
+  monkeypatch.setattr(program_module, "ready", lambda: False)
+  want = jax.jit(jax.grad(lambda p: loss(p)))(params)  # a new function: traced again
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-9)
+  monkeypatch.undo()
+  monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+  batch = jax.tree.map(lambda x: jnp.stack([x, -2 * x]), params)
+  grads = jax.tree.map(jnp.cos, batch)
+  got_u, got_s = jax.jit(jax.vmap(tx.update))(grads, jax.vmap(tx.init)(batch), batch)
+  for i in range(2):
+    want_u, want_s = tx.update(pick(grads, i), tx.init(pick(batch, i)), pick(batch, i))
+    same = chex.assert_trees_all_equal if KERNELS_ON else functools.partial(
+        chex.assert_trees_all_close, rtol=1e-6, atol=1e-9)
+    same(pick(got_u, i), want_u)
+    if KERNELS_ON:
+      same(pick(got_s, i), want_s)
 
 
 def in_place_step(tx, params):

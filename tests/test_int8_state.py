@@ -20,6 +20,7 @@ from flax import serialization
 import gradxform as gx
 import gradxform.testing
 from gradxform import _quantize
+from gradxform._fused import program
 
 from cpu_kernels import KERNELS_ON
 
@@ -305,8 +306,9 @@ def test_on_a_mesh_with_explicit_axes_each_device_quantizes_its_own_rows(monkeyp
   split into whole blocks, each device quantizes its own rows (a `shard_map` of the kernel;
   a split of another axis is gathered first) and the state keeps that split; otherwise the
   kernel runs on the whole leaf on each device, which XLA's form replicates too (JAX refuses
-  to reshape the split array). Two eager steps give the unsplit array's updates, codes and
-  scales, bit for bit; under `vmap` each problem's codes, scales and values are XLA's."""
+  to reshape the split array). The jitted `update` runs the fused pass and lays the state out
+  so. Two eager steps (the codec kernel) give the unsplit array's updates, codes and scales,
+  bit for bit; under `vmap` each problem's codes, scales and values are XLA's."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Explicit,) * 2)
   x = np.random.default_rng(3).normal(size=(64, 80)).astype(np.float32)
@@ -324,9 +326,9 @@ def test_on_a_mesh_with_explicit_axes_each_device_quantizes_its_own_rows(monkeyp
   def spec(a):
     return tuple(a.sharding.spec) + (None,) * (a.ndim - len(a.sharding.spec))
 
-  with jax.set_mesh(mesh):  # as explicit axes want
+  with jax.set_mesh(mesh):  # as explicit axes want; jitted, `update` is one fused pass
     step = _jit(tx.update)
-    assert ("gx_codec" in step.lower(split, tx.init(split), split).as_text()) == KERNELS_ON
+    assert ("gx_elementwise" in step.lower(split, tx.init(split), split).as_text()) == KERNELS_ON
     m = step(split, tx.init(split), split)[1][0].trace
     got = run({"w": split["w"]})
   assert spec(m["w"].codes) == (("d", None) if KERNELS_ON else (None, None))
@@ -455,11 +457,11 @@ def test_under_a_sharded_jit_each_device_quantizes_its_own_blocks(shape, spec, o
 
 @pytest.mark.devices(8)
 def test_adams_two_calls_on_split_leaves_step_as_on_whole_ones(monkeypatch):
-  """Adam's two calls on leaves split over 8 devices, the kernel quantizing each device's
-  blocks: 3 jitted steps equal the same steps on the leaves unsplit, bit for bit; the state is
-  laid out as XLA's form lays it out and nothing is gathered. (That the kernel's codes are
-  XLA's, split or not, is tested above; so are the two calls' steps against XLA's form on one
-  device.) Batched (`jax.vmap`), each problem's rows are quantized in turn."""
+  """Adam's two calls on leaves split over 8 devices, `update` one fused pass over each
+  device's blocks: 3 jitted steps equal the same steps on the leaves unsplit, bit for bit; the
+  state is laid out as XLA's form lays it out and nothing is gathered. (That the kernel's
+  codes are XLA's, split or not, is tested above; so are the two calls' steps against XLA's
+  form on one device.) Batched (`jax.vmap`), each problem's rows are quantized in turn."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   mesh = jax.make_mesh((4, 2), ("d", "m"), axis_types=(AxisType.Auto,) * 2)
   rng = np.random.default_rng(10)
@@ -482,8 +484,9 @@ def test_adams_two_calls_on_split_leaves_step_as_on_whole_ones(monkeypatch):
 
   (got, hlo), (want, _) = run(split), run(whole)
   chex.assert_trees_all_equal(jax.device_get(got), jax.device_get(want))
-  assert ("gx_codec" in hlo) == KERNELS_ON and "all-gather" not in hlo
-  monkeypatch.setattr(_quantize, "_codec_usable", lambda x: False)
+  assert ("gx_elementwise" in hlo) == KERNELS_ON and "all-gather" not in hlo
+  monkeypatch.setattr(_quantize, "_codec_usable", lambda x: False)  # XLA's form: no kernel
+  monkeypatch.setattr(program, "ready", lambda: False)
   xla = _jit(step)(split, got[1], split)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(xla)):
     assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
@@ -495,11 +498,12 @@ def test_adams_two_calls_on_split_leaves_step_as_on_whole_ones(monkeypatch):
 
 
 def test_the_two_calls_with_the_kernel_equal_xlas_operations(monkeypatch):
-  """Adam's two calls (`update`, `apply_updates`), where the kernel quantizes and dequantizes
-  the moments, against the same steps with XLA's operations: the same codes, scales and
-  parameters, bit for bit, over 3 steps. Eagerly: under `jax.jit` at XLA's default
-  optimization level XLA rewrites Adam's arithmetic itself (even a float32-state leaf then
-  differs from the eager step by an ulp in places), so only eager steps compare bit for bit."""
+  """Adam's two calls (`update`, `apply_updates`) run eagerly, where the codec kernel
+  quantizes and dequantizes the moments, against the same steps with XLA's operations: the
+  same codes, scales and parameters, bit for bit, over 3 steps. Eagerly: jitted, `update` is
+  one fused pass instead (test_fused), and XLA's operations under `jax.jit` at XLA's default
+  optimization level are rewritten by XLA (even a float32-state leaf then differs from the
+  eager step by an ulp in places), so only eager steps compare bit for bit."""
   params = {"w": jnp.zeros((300, 301)), "v": jnp.zeros((300, 301)), "b": jnp.zeros(3000)}
   tx = gx.adam(1e-2, state_dtype="int8")
   runs = []
@@ -512,7 +516,7 @@ def test_the_two_calls_with_the_kernel_equal_xlas_operations(monkeypatch):
       u, s = tx.update(g, s, p)
       return gx.apply_updates(p, u), s
     p, s = params, tx.init(params)
-    assert ("gx_codec" in jax.jit(step).lower(p, s, p).as_text()) == (KERNELS_ON and usable)
+    assert _uses_kernel(p["w"]) == (KERNELS_ON and usable)
     for t in (1.0, 2.0, 3.0):
       g = jax.tree.map(lambda x, t=t: jnp.sin(jnp.arange(x.size).reshape(x.shape) * t), p)
       p, s = step(g, s, p)

@@ -62,8 +62,11 @@ _ASYNC_FLOPS = 1024
 
 def call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Array],
          raw: list[jax.Array] | None, slots: list[list[jax.Array]],
-         asynchronous: bool = False) -> list[list[jax.Array]]:
+         asynchronous: bool = False, writes: int = 1) -> list[list[jax.Array]]:
   """Runs program `name` over every leaf: the new parameters, then each slot's new leaves.
+
+  `writes`: the leaf operand the first result is written over, the parameter (1) or, for a
+  program that returns the update, the update (0); a `Packed` leaf takes 1 only.
 
   With `asynchronous`, the scalars operand carries `_ASYNC_FLOPS` multiplications of its own
   (after the scalars, which are all the loop reads), so that XLA:CPU does not take the step
@@ -83,7 +86,7 @@ def call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Arr
   if arrays:
     pick = lambda xs: [xs[i] for i in arrays]  # noqa: E731
     got = _leaf_calls(name, scalars, pick(params), pick(g), None if raw is None else pick(raw),
-                      [pick(s) for s in slots])
+                      [pick(s) for s in slots], writes)
     for column, values in zip(out, got):
       for i, v in zip(arrays, values):
         column[i] = v
@@ -91,7 +94,8 @@ def call(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Arr
 
 
 def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[jax.Array],
-                raw: list[jax.Array] | None, slots: list[list[Any]]) -> list[list[Any]]:
+                raw: list[jax.Array] | None, slots: list[list[Any]], writes: int = 1
+                ) -> list[list[Any]]:
   """`call` over leaves that are arrays: each leaf's arrays are operands of their own (a
   quantized slot's two: its codes, then its block scales)."""
   per_leaf = [[gi, pi] + ([raw[i]] if raw is not None else []) +
@@ -99,9 +103,10 @@ def _leaf_calls(name: str, scalars: jax.Array, params: list[jax.Array], g: list[
               for i, (gi, pi) in enumerate(zip(g, params))]
   k = len(per_leaf[0])
   r = 1 + k - (3 if raw is not None else 2)
-  # Per leaf: the parameter (input 1) is result 0, slot array j (input k - r + 1 + j) result
-  # 1 + j; the bits of `per_block` mark the block scales among the inputs.
-  written = [1] + [k - r + 1 + j for j in range(r - 1)]
+  # Per leaf: the parameter (input 1; the update, input 0, where `writes` is 0) is result 0,
+  # slot array j (input k - r + 1 + j) result 1 + j; the bits of `per_block` mark the block
+  # scales among the inputs.
+  written = [writes] + [k - r + 1 + j for j in range(r - 1)]
   widths = [2 if _quantize.is_quantized(s[0]) else 1 for s in slots]
   per_block = _scales_bits([w == 2 for w in widths], k - r + 1)
   if per_block:
@@ -202,7 +207,7 @@ def _kernel(name: str, k: int, r: int, written: list[int], operands: tuple[jax.A
     call = jax.ffi.ffi_call("gx_elementwise", results, input_output_aliases=aliases,
                             vmap_method="sequential")
     out += call(scalars, *chunk, program=name, k=np.int64(k), block=np.int64(block),
-                per_block=np.int64(per_block))
+                per_block=np.int64(per_block), writes=np.int64(written[0]))
   return out
 
 

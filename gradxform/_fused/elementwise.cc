@@ -10,7 +10,9 @@
 // Operands: scalars f32[S], then per leaf its k inputs (the update entering the tail, the
 // parameter, the raw gradient if the chain fixed one, each state slot). Results: per leaf its
 // r outputs (the new parameter, then each new slot), aliased by the caller to the parameter
-// and the slots; the loop reads those from the result buffers and writes them in place.
+// and the slots; the loop reads those from the result buffers and writes them in place. With
+// `writes` 0 the first result is the new update instead (`update`'s pass, which only reads
+// the parameter), aliased to the incoming update.
 // A slot kept quantized (`state_dtype="int8"`) is two arrays, its int8 codes and its float32
 // scales, one per block of `block` elements (the bits of `per_block` mark the scales among a
 // leaf's inputs); its program steps whole blocks, so each thread gets whole blocks.
@@ -137,14 +139,14 @@ ffi::Error Bind(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, 
 }
 
 ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_view program,
-                 int64_t k, int64_t block, int64_t per_block) {
+                 int64_t k, int64_t block, int64_t per_block, int64_t writes) {
   Loop loop = Find(program);
   if (loop == nullptr)
     return ffi::Error::Internal("gx_elementwise: program " + std::string(program) +
                                 " is not loaded in this process");
   const int64_t rest = static_cast<int64_t>(args.size()) - 1;
   if (k < 2 || k > 62 || block < 1 || rest < 0 || rest % k != 0 || rets.size() == 0 ||
-      rest == 0 ||
+      rest == 0 || (writes != 0 && writes != 1) ||
       static_cast<int64_t>(rets.size()) % (rest / k) != 0)
     return ffi::Error::InvalidArgument("gx_elementwise: operands do not match the program");
   auto scalars = args.get<ffi::Buffer<ffi::F32>>(0);
@@ -159,9 +161,10 @@ ffi::Error Apply(ffi::RemainingArgs args, ffi::RemainingRets rets, std::string_v
     Leaf& l = leaves[li];
     l.buffers.resize(k);
     for (int64_t i = 0; i < k; ++i) {
-      // The parameter (input 1) and the slots (the last r - 1 inputs) are read from, and
-      // written to, their results: the caller aliases each to its operand.
-      const int64_t out = i == 1 ? 0 : (i >= k - (r - 1) ? 1 + i - (k - (r - 1)) : -1);
+      // The parameter (input 1; the update, input 0, where `writes` is 0) and the slots (the
+      // last r - 1 inputs) are read from, and written to, their results: the caller aliases
+      // each to its operand.
+      const int64_t out = i == writes ? 0 : (i >= k - (r - 1) ? 1 + i - (k - (r - 1)) : -1);
       ffi::Error e = Bind(args, rets, 1 + li * k + i, out < 0 ? -1 : li * r + out, i == 0, i, l,
                           (per_block >> i) & 1 ? block : 1, (per_block >> (i + 1)) & 1);
       if (e.failure()) return e;
@@ -423,7 +426,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwise, Apply,
                                   .Attr<std::string_view>("program")
                                   .Attr<int64_t>("k")
                                   .Attr<int64_t>("block")
-                                  .Attr<int64_t>("per_block"));
+                                  .Attr<int64_t>("per_block")
+                                  .Attr<int64_t>("writes"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GxElementwisePacked, ApplyPacked,
                               ffi::Ffi::Bind()

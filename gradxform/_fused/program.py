@@ -565,8 +565,14 @@ def ready() -> bool:
 
 
 def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
-          extra: dict[str, Any], grad: Any, count: Any) -> tuple[Any, list[Any]] | None:
+          extra: dict[str, Any], grad: Any, count: Any, write: str = "params"
+          ) -> tuple[Any, list[Any]] | None:
   """New params and the tail's new states, or None where the kernel cannot run exactly.
+
+  With `write="updates"` the pass returns the tail's updates instead of the new parameters
+  (written over the incoming updates' buffers; the parameters are only read): `update`'s
+  route for int8 state (`_base._Chain.update`). `gx.flatten`'s packed leaves take only the
+  parameters' route.
 
   `chain` is the `_Chain` whose parts from `start` on form the tail; `updates` enter the tail,
   `states` are the tail's parts' states, `grad` the raw gradient an earlier part fixed (or None)
@@ -583,8 +589,9 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
   if not leaves or any(len(c) != len(leaves) or not all(_stored(x) for x in c)
                        for c in columns):
     return None
-  if any(isinstance(x, Packed) for c in columns for x in c) and (raw is not None or not all(
-      _packs_alike(p, g) for p, g in zip(leaves, g_leaves))):
+  if any(isinstance(x, Packed) for c in columns for x in c) and (
+      write != "params" or raw is not None or not all(
+          _packs_alike(p, g) for p, g in zip(leaves, g_leaves))):
     return None
   groups: dict[tuple[Any, ...], _Group] = {}
   # Nothing to compute: kept as they are, except on explicit axes, where the step gives them
@@ -604,7 +611,7 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
     return None
   plans: list[tuple[Any, ...]] = []
   for group in groups.values():  # every program first: no kernel call unless all can run
-    plan = _plan(chain, start, group, columns, tree, states, count)
+    plan = _plan(chain, start, group, columns, tree, states, count, write)
     # Every group must keep the same state layout (leafwise variants could differ in slots).
     if plan is None or (plans and plan[2] != plans[0][2]):
       return None
@@ -617,11 +624,11 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
       for i, v in zip(group.positions, values):
         column[i] = v
   _, new_scalars, (pair_tree, kinds) = plans[0]  # every group computes the same scalars
-  if empty:  # an empty leaf's parameter and slots are returned as they came
+  if empty:  # an empty leaf's parameter (or update) and slots are returned as they came
     slots = [jax.tree.leaves(real, is_leaf=_quantize.is_quantized)
              for real, kind in zip(pair_tree.flatten_up_to(states), kinds) if kind == "slot"]
     for i in empty:
-      for column, values in zip(new_leaves, [leaves] + slots):
+      for column, values in zip(new_leaves, [leaves if write == "params" else g_leaves] + slots):
         column[i] = values[i]
   it_slot, it_scalar = iter(new_leaves[1:]), iter(new_scalars)
   vals = [tree.unflatten(next(it_slot)) if k == "slot" else next(it_scalar) for k in kinds]
@@ -629,12 +636,13 @@ def apply(chain: Any, start: int, updates: Any, states: list[Any], params: Any,
 
 
 def _plan(chain: Any, start: int, group: _Group, columns: list[list[Any]], tree: Any,
-          states: list[Any], count: Any) -> tuple[Any, ...] | None:
+          states: list[Any], count: Any, write: str = "params") -> tuple[Any, ...] | None:
   """Traces the tail for `group`'s dtypes and variants and builds its program, or None where
   it cannot run.
 
   Returns a function running the program over the group's leaves (giving their new leaves:
-  the parameter, then each slot), the new scalar state, and the state's layout."""
+  the parameter, or with `write="updates"` the update, then each slot), the new scalar
+  state, and the state's layout."""
   from gradxform._fused import build
   leaves = columns[0]
   parts = [group.instead.get(i, chain.parts[i]) for i in range(start, len(chain.parts))]
@@ -673,7 +681,7 @@ def _plan(chain: Any, start: int, group: _Group, columns: list[list[Any]], tree:
     run_states = [None] * start + list(jax.tree.unflatten(pair_tree, vals))
     u, _ = chain._run(range(start, len(chain.parts)), u, run_states, p, {CHECKED_KEY: True},
                       g, c, group.instead)
-    return apply_updates(p, u), run_states[start:]
+    return (apply_updates(p, u) if write == "params" else u), run_states[start:]
 
   def spec(x: Any) -> Any:
     return None if x is None else jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
@@ -701,7 +709,9 @@ def _plan(chain: Any, start: int, group: _Group, columns: list[list[Any]], tree:
         raise _Unsupported("a scalar state became per-element")
       else:
         new_scalars.append(v)
-    outputs = [(out_regs[0], 1)] + [(r, n_in - len(slots) + j)
+    # The new parameter over the parameter's buffer (input 1), or the update over the
+    # incoming update's (input 0).
+    outputs = [(out_regs[0], 1 if write == "params" else 0)] + [(r, n_in - len(slots) + j)
                                     for j, r in enumerate(out_regs[1:])]
     # A slot kept in int8 (`state_dtype="int8"`) is float32 on the probe, which is too small
     # to be quantized: the program loads and stores it quantized around the same arithmetic.
@@ -716,7 +726,8 @@ def _plan(chain: Any, start: int, group: _Group, columns: list[list[Any]], tree:
 
   def run(first: bool) -> list[list[jax.Array]]:
     return call(name, scalar_operand, [leaves[i] for i in at], [columns[1][i] for i in at],
-                 [columns[2][i] for i in at] if raw_dtype else None, slots, first)
+                 [columns[2][i] for i in at] if raw_dtype else None, slots, first,
+                 writes=1 if write == "params" else 0)
 
   return run, new_scalars, (pair_tree, kinds)
 
