@@ -60,6 +60,8 @@ def _one(lib: str, tx: Any, grads_inside: bool) -> Any:
   def one(params, state, grads):
     if grads_inside:
       grads = jax.tree.map(lambda p: 0.1 * p + 1e-3, params)
+    if lib in run._FUSED_LIBS:
+      return gx.update_and_apply(tx, grads, state, params)
     updates, state = tx.update(grads, state, params)
     return apply(params, updates), state
 
@@ -89,11 +91,12 @@ def _time(fn: Any, params: Any, state: Any, grads: Any, steps: int, rounds: int 
 
 
 def measure(lib: str, tree: str, shapes: list[Any], reps: int, seed: int,
-            grads_inside: bool = False, calls_only: bool = False) -> dict[str, Any]:
+            grads_inside: bool = False, calls_only: bool = False,
+            state_dtype: Any = None) -> dict[str, Any]:
   params = run.make_tree(shapes, seed)
   grads = (None if grads_inside else
            jax.tree.map(lambda p: 0.1 * p + 1e-3, run.make_tree(shapes, seed + 1)))
-  tx = run.build(lib, "adam")
+  tx = run.build(lib, "adam", state_dtype)
   state = tx.init(params)
   step = (jax.jit(_one(lib, tx, True), donate_argnums=(0, 1)) if grads_inside
           else run.make_step(lib, tx))
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   ap.add_argument("--grads-inside", action="store_true",
                   help="the step makes its gradients from the parameters (a training step)")
   ap.add_argument("--calls-only", action="store_true", help="time back-to-back calls only")
+  ap.add_argument("--state-dtype", default=None, help="gradxform's state_dtype, e.g. int8")
   args = ap.parse_args(argv)
   trees = {**run.TREES, **run.QUICK_TREES}
   rows: list[dict[str, Any]] = []
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
              measure("gx", tree + "_one_leaf", [("w", (n,))], args.reps, args.seed))
     for lib in args.libs.split(","):
       row = measure(lib, tree, shapes, args.reps, args.seed, args.grads_inside,
-                    args.calls_only)
+                    args.calls_only, args.state_dtype)
       row["grads_inside"] = args.grads_inside
       row["one_leaf_s"] = math.nan if whole is None else whole["loop_s"]
       row["loop_bw_over_triad"] = row["bytes_per_step"] / row["loop_s"] / triad

@@ -807,8 +807,9 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   leaves (state in those or `state_dtype="int8"`) and a C++ compiler (`gx.kernel_status()`
   says whether it is available). Elsewhere the step is the two calls above. Under `jax.jit`
   with sharded arrays each device runs the pass on its own shards, and every result keeps the
-  sharding the two calls give it (int8 state there takes the two calls); `vmap`, `pmap` and
-  `shard_map` work too; gradients through it do not. The fused pass computes the
+  sharding the two calls give it; `vmap`, `pmap` and `shard_map` work too; gradients through
+  it do not. With `state_dtype="int8"`, a traced `update` runs the same pass as well (giving
+  the updates, with the parts' own derivatives), so the two calls are fast there too. The fused pass computes the
   same operations in the same order (a 16-bit one in float32, rounded once, as XLA does),
   equal to rounding (BUILD_NOTES: Performance design).
 
