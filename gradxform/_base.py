@@ -653,7 +653,6 @@ class _Chain:
     return apply_updates(params, updates), _nest(self.layout, states)
 
 
-
 def _fused_update(chain: _Chain, start: int, updates: Updates, states: list[Any], params: Params,
                   extra: dict[str, Any], grad: Any, count: Any) -> tuple[Updates, list[Any]] | None:
   """The updates and new states of `chain`'s parts from `start` on by one fused pass
@@ -679,6 +678,7 @@ def _fused_update(chain: _Chain, start: int, updates: Updates, states: list[Any]
   fused = jax.custom_jvp(kernel)
   fused.defjvp(lambda primals, tangents: jax.jvp(parts, primals, tangents))
   return fused(*args)
+
 
 @transform
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
@@ -809,9 +809,9 @@ def update_and_apply(tx: GradientTransformation, grads: Updates, state: OptState
   with sharded arrays each device runs the pass on its own shards, and every result keeps the
   sharding the two calls give it; `vmap`, `pmap` and `shard_map` work too; gradients through
   it do not. With `state_dtype="int8"`, a traced `update` runs the same pass as well (giving
-  the updates, with the parts' own derivatives), so the two calls are fast there too. The fused pass computes the
-  same operations in the same order (a 16-bit one in float32, rounded once, as XLA does),
-  equal to rounding (BUILD_NOTES: Performance design).
+  the updates, with the parts' own derivatives), so the two calls are fast there too. The
+  fused pass computes the same operations in the same order (a 16-bit one in float32,
+  rounded once, as XLA does), equal to rounding (BUILD_NOTES: Performance design).
 
   Example:
     >>> tx = gx.adam(1e-3)

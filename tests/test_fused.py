@@ -518,6 +518,16 @@ INT8 = {
 }
 
 
+def _int8_leaves() -> dict:
+  """Leaves for the int8 tests: ragged last blocks ("w": 20.9 blocks), a leaf split over two
+  threads ("big"), a bfloat16 one, and leaves too small to be quantized."""
+  rng = np.random.default_rng(5)
+  return {"w": jnp.asarray(rng.normal(size=(67, 80)), jnp.float32),
+          "big": jnp.asarray(rng.normal(size=(140_001,)), jnp.float32),
+          "h": jnp.asarray(rng.normal(size=(4_500,)), jnp.bfloat16),
+          "b": jnp.asarray(rng.normal(size=(29,)), jnp.float32), "s": jnp.float32(0.5)}
+
+
 @pytest.mark.parametrize("name", sorted(INT8))
 def test_int8_state_is_stepped_in_the_kernel_bit_for_bit(name, monkeypatch):
   """`state_dtype="int8"`: leaves of 4,096 entries or more keep their moments quantized per
@@ -527,11 +537,7 @@ def test_int8_state_is_stepped_in_the_kernel_bit_for_bit(name, monkeypatch):
   small float32-state leaves, and a NaN gradient (its block becomes NaN whole, as
   `quantize` says). In a process with one device, as most are (the suite has 8 fake ones)."""
   monkeypatch.setattr(jax, "device_count", lambda *a: 1)
-  rng = np.random.default_rng(5)
-  params = {"w": jnp.asarray(rng.normal(size=(67, 80)), jnp.float32),       # 20.9 blocks
-            "big": jnp.asarray(rng.normal(size=(140_001,)), jnp.float32),   # two threads
-            "h": jnp.asarray(rng.normal(size=(4_500,)), jnp.bfloat16),
-            "b": jnp.asarray(rng.normal(size=(29,)), jnp.float32), "s": jnp.float32(0.5)}
+  params = _int8_leaves()
   tx = INT8[name]()
   state = tx.init(params)
   assert sum(map(_quantize.is_quantized, jax.tree.leaves(
@@ -554,17 +560,6 @@ def test_int8_state_is_stepped_in_the_kernel_bit_for_bit(name, monkeypatch):
   chex.assert_trees_all_equal(got_s, want_s)
   chex.assert_trees_all_equal(got_p, want_p)
   assert np.isnan(np.asarray(got_p["w"])).sum() == 256  # the NaN's block, whole
-
-
-
-def _int8_leaves() -> dict:
-  """Leaves for the int8 tests: ragged last blocks, a leaf split over two threads, a bfloat16
-  one, and leaves too small to be quantized."""
-  rng = np.random.default_rng(5)
-  return {"w": jnp.asarray(rng.normal(size=(67, 80)), jnp.float32),
-          "big": jnp.asarray(rng.normal(size=(140_001,)), jnp.float32),
-          "h": jnp.asarray(rng.normal(size=(4_500,)), jnp.bfloat16),
-          "b": jnp.asarray(rng.normal(size=(29,)), jnp.float32), "s": jnp.float32(0.5)}
 
 
 @pytest.mark.parametrize("name", sorted(INT8))
