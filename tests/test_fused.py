@@ -1006,6 +1006,10 @@ def test_fused_per_device_in_pmap_and_shard_map(how, state_dtype):
     run = jax.jit(jax.shard_map(one, mesh=mesh, in_specs=P("d"), out_specs=P("d")))
   assert (TARGET in str(jax.make_jaxpr(run)(params, state, grads))) == KERNELS_ON
   got = run(params, state, grads)
+  # Each device's eager step on host copies: on the split arrays each eager operation would be
+  # a program over the 8 fake devices, and with int8 state such a run once hung for good
+  # (every thread asleep: RESULTS, session 17).
+  params, state, grads, got = jax.device_get((params, state, grads, got))
   for i in range(8):
     updates, s = tx.update(pick(grads, i), pick(state, i), pick(params, i))
     want = (gx.apply_updates(pick(params, i), updates), s)
