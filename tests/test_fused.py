@@ -1111,6 +1111,7 @@ def test_vmap_of_sharded_problems_steps_each_problems_shards():
     calls = " ".join(ln for ln in hlo.splitlines() if TARGET in ln)
     assert "f32[16,3]" in calls and "all-gather" not in hlo
   assert got[0]["w"].sharding.is_equivalent_to(batch["w"].sharding, 3)
+  batch, grads, got = jax.device_get((batch, grads, got))  # eager references off the mesh
   for i in range(3):
     updates, _ = tx.update(pick(grads, i), tx.init(pick(batch, i)), pick(batch, i))
     chex.assert_trees_all_close(pick(got[0], i), gx.apply_updates(pick(batch, i), updates),
