@@ -602,10 +602,8 @@ class _Chain:
       if fused is not None:
         updates, states[start:] = fused
         return updates, _nest(self.layout, states)
-      updates, _ = self._run(range(start, len(self.parts)), updates, states, params, extra,
-                             grad, count)
-      return updates, _nest(self.layout, states)
-    updates, _ = self._run(range(len(self.parts)), updates, states, params, extra, grad, count)
+    updates, _ = self._run(range(start or 0, len(self.parts)), updates, states, params, extra,
+                           grad, count)
     return updates, _nest(self.layout, states)
 
   def _quantized_tail(self, states: list[Any], params: Params | None) -> int | None:
